@@ -1,0 +1,418 @@
+"""Success predicates and dense rewards of the tasks (clevrskills_spec.md section 4).
+
+Each predicate has `evaluate() -> dict` (always with "success") and `reward() -> float`. Leaf
+predicates read the environment's contact tables (`ClevrSkillsEnv.contact_impulse`) and the objects'
+poses; composites (`Set`, `Sequence`, `Order`, `Once`) combine them with the spec's semantics.
+The oracle's top-level solver walks the same tree to choose its next sub-task.
+
+Mesh distances (Pick's clearance, touch distances) use axis-aligned boxes around the objects' world
+vertices: exact for the cube, within millimetres for the other prisms at the thresholds used here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sapien
+
+from c2a_jax.sim.tasks.base import SceneObject
+
+GRAVITY = 9.81
+
+
+def aabb(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return vertices.min(0), vertices.max(0)
+
+
+def box_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between the axis-aligned boxes of two vertex sets (0 when they overlap)."""
+    (alo, ahi), (blo, bhi) = aabb(a), aabb(b)
+    gap = np.maximum(0.0, np.maximum(alo - bhi, blo - ahi))
+    return float(np.linalg.norm(gap))
+
+
+def quat_angle(q1, q2) -> float:
+    """Rotation angle (radians, in [0, pi]) between two unit quaternions."""
+    d = abs(float(np.dot(np.asarray(q1, float), np.asarray(q2, float))))
+    return 2.0 * float(np.arccos(min(1.0, d)))
+
+
+def reach_reward(env, actor: SceneObject) -> float:
+    """The reaching term of spec 4.1: approach the actor's top from above."""
+    tcp = env.agent.tcp_pose().p
+    p = actor.pose().p
+    d_xy = float(np.linalg.norm(p[:2] - tcp[:2]))
+    d_z = float(tcp[2] - actor.top_z())
+    if d_xy < 0.03:
+        return 2.0 if d_z < 0.005 else 1.0 + float(np.exp(-d_z))
+    return float(np.exp(-max(0.0, d_xy - 0.03)))
+
+
+class Predicate:
+    name = ""
+    max_reward = 1.0
+
+    def evaluate(self) -> dict:
+        raise NotImplementedError
+
+    def reward(self) -> float:
+        raise NotImplementedError
+
+    def success(self) -> bool:
+        return bool(self.evaluate()["success"])
+
+
+class PickPredicate(Predicate):
+    """Grasped and lifted clear of everything by `clear_distance` (spec 4.1)."""
+
+    max_reward = 4.0
+
+    def __init__(self, env, actor: SceneObject, clear_distance: float = 0.02, name: str | None = None):
+        self.env, self.actor, self.clear_distance = env, actor, clear_distance
+        self.name = name or f"Pick {actor.name}"
+
+    def clearance(self) -> float:
+        verts = self.actor.world_vertices()
+        others = [o.world_vertices() for o in self.env.task.objects if o is not self.actor]
+        gaps = [float(verts[:, 2].min())] + [box_distance(verts, v) for v in others]
+        return min(gaps)
+
+    def evaluate(self) -> dict:
+        grasped = self.env.agent.check_grasp(self.actor.body)
+        clearance = self.clearance() if grasped else 0.0
+        return {
+            "actor_grasped": grasped,
+            "clearance": clearance,
+            "success": grasped and clearance >= self.clear_distance,
+        }
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 4.0
+        if e["actor_grasped"]:
+            return 2.0 + float(np.clip(e["clearance"] / self.clear_distance, 0, 1))
+        return reach_reward(self.env, self.actor)
+
+
+class OnTop(Predicate):
+    """`top` rests on `bottom`: both static, neither grasped, `bottom` carries over half of `top`'s
+    weight in the last sub-step, and `top` does not touch the ground (spec 4.2)."""
+
+    max_reward = 6.0
+
+    def __init__(self, env, top: SceneObject, bottom: SceneObject, name: str | None = None):
+        self.env, self.top, self.bottom = env, top, bottom
+        self.name = name or f"{top.name} on top of {bottom.name}"
+
+    def resting(self) -> bool:
+        impulse = self.env.contact_impulse(self.top.id, self.bottom.id, last_substep=True)
+        weight = self.top.body.mass * GRAVITY * self.env.sim_timestep
+        # The pair's impulse is vertical when one rests on the other; its sign depends on which body
+        # PhysX lists first, so the magnitude of the vertical part is what is compared.
+        carried = abs(float(impulse[2])) / weight if weight > 0 else 0.0
+        return carried > 0.5 and not self.env.touching_ground(self.top.id)
+
+    def evaluate(self) -> dict:
+        grasp = self.env.agent.check_grasp
+        e = {
+            "top_actor_static": self.top.is_static(),
+            "bottom_actor_static": self.bottom.is_static(),
+            "top_actor_grasped": grasp(self.top.body),
+            "bottom_actor_grasped": grasp(self.bottom.body),
+            "top_actor_resting_on_bottom_actor": self.resting(),
+        }
+        e["success"] = (
+            e["top_actor_static"] and e["bottom_actor_static"] and not e["top_actor_grasped"]
+            and not e["bottom_actor_grasped"] and e["top_actor_resting_on_bottom_actor"]
+        )  # fmt: skip
+        return e
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 6.0
+        if e["top_actor_resting_on_bottom_actor"]:
+            return 5.0 + (not e["top_actor_grasped"])
+        if e["top_actor_grasped"]:
+            t, b = self.top.pose().p, self.bottom.pose().p
+            d_xy, d_z = float(np.linalg.norm(t[:2] - b[:2])), float(t[2] - b[2])
+            if d_xy < 0.03:
+                return 4.0 if d_z < 0 else 4.0 + float(np.exp(-6 * d_z))
+            return 2.0 + float(np.exp(-max(0.0, d_xy - 0.03))) + float(np.exp(-max(0.0, 6 * (0.15 - d_z))))
+        return reach_reward(self.env, self.top)
+
+
+class Inside2d(OnTop):
+    """Identical to `OnTop` in evaluation (spec 4.2); only the name differs."""
+
+    def __init__(self, env, top: SceneObject, bottom: SceneObject, name: str | None = None):
+        super().__init__(env, top, bottom, name or f"{top.name} inside {bottom.name}")
+
+
+class AtPosition(Predicate):
+    """Released, static, on the ground, within 0.05 m (x-y) of a pose; `match_ori` adds < 18 deg."""
+
+    max_reward = 6.0
+    tolerance = 0.05
+
+    def __init__(self, env, actor: SceneObject, pose: sapien.Pose, match_ori: bool = False, name: str | None = None):
+        self.env, self.actor, self.pose, self.match_ori = env, actor, pose, match_ori
+        self.name = name or f"{actor.name} at {np.round(pose.p, 2).tolist()}"
+
+    def target(self) -> sapien.Pose:
+        return self.pose
+
+    def evaluate(self) -> dict:
+        target = self.target()
+        p = self.actor.pose()
+        e = {
+            "actor_static": self.actor.is_static(),
+            "actor_grasped": self.env.agent.check_grasp(self.actor.body),
+            "actor_touching_ground": self.env.touching_ground(self.actor.id),
+            "actor_at_pos": float(np.linalg.norm(p.p[:2] - target.p[:2])) < self.tolerance,
+        }
+        e["success"] = e["actor_static"] and not e["actor_grasped"] and e["actor_touching_ground"] and e["actor_at_pos"]
+        if self.match_ori:
+            e["actor_at_pose"] = e["actor_at_pos"] and quat_angle(p.q, target.q) / np.pi < 0.1
+            e["success"] = e["success"] and e["actor_at_pose"]
+        return e
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 6.0
+        if e.get("actor_at_pose", e["actor_at_pos"]):
+            return 5.0 + (not e["actor_grasped"])
+        if e["actor_grasped"]:
+            target, p = self.target(), self.actor.pose()
+            d_xy, d_z = float(np.linalg.norm(p.p[:2] - target.p[:2])), float(p.p[2] - target.p[2])
+            if d_xy < 0.03:
+                return 4.0 if d_z < 0 else 4.0 + float(np.exp(-6 * d_z))
+            return 2.0 + float(np.exp(-max(0.0, 6 * (0.15 - d_z)))) + float(np.exp(-max(0.0, d_xy - 0.03)))
+        return reach_reward(self.env, self.actor)
+
+
+class NextTo(AtPosition):
+    """On the ground in a wedge-shaped area beside another actor (spec 4.4)."""
+
+    def __init__(self, env, actor: SceneObject, other: SceneObject, direction, description: str, name=None):
+        self.other, self.direction, self.description = other, np.asarray(direction, float), description
+        super().__init__(env, actor, sapien.Pose(), name=name or f"{actor.name} {description} {other.name}")
+        self._area_at = None
+        self._area = None
+
+    def area(self) -> np.ndarray:
+        """Area points (N, 3), rebuilt whenever the other actor moved (spec 4.4)."""
+        centre = np.asarray(self.other.pose().p)
+        if self._area is None or np.linalg.norm(centre - self._area_at) > 1e-5:
+            ext = lambda o: float(np.mean(np.ptp(o.world_vertices()[:, :2], axis=0)))  # noqa: E731
+            s = max(0.05, float(np.mean([ext(self.other), ext(self.actor)])))
+            ortho = np.cross(self.direction, [0.0, 0.0, 1.0])
+            d1 = np.linspace(0.5 * s, 2.5 * s, max(2, round(2 * s / 0.025)))
+            d2 = np.linspace(-0.5 * s, 0.5 * s, max(2, round(s / 0.025)))
+            pts = [centre + a * self.direction + b * ortho for a in d1 for b in d2 if 2 * abs(b) <= abs(a)]
+            z = float(self.actor.pose().p[2] - self.actor.bottom_z()) + 0.01
+            self._area = np.array([[p[0], p[1], z] for p in pts])
+            self._area_at = centre
+        return self._area
+
+    def target(self) -> sapien.Pose:
+        area = self.area()
+        p = np.asarray(self.actor.pose().p)
+        nearest = area[np.argmin(np.linalg.norm(area[:, :2] - p[:2], axis=1))]
+        return sapien.Pose(nearest, self.actor.pose().q)
+
+    def feasible_positions(self, min_distance: float = 0.05, workspace=None) -> np.ndarray:
+        """Area points where the actor keeps `min_distance` from everything and stays within reach."""
+        from c2a_jax.sim import robot as robot_lib
+
+        keep = []
+        half = self.actor.local_vertices
+        q = self.actor.pose().q
+        rot = sapien.Pose(q=q).to_transformation_matrix()[:3, :3]
+        others = [o.world_vertices() for o in self.env.task.objects if o is not self.actor]
+        for p in self.area():
+            verts = half @ rot.T + p
+            if any(box_distance(verts, v) <= min_distance for v in others):
+                continue
+            if np.linalg.norm(np.asarray(robot_lib.BASE_POSE.p) - p) >= 0.6:
+                continue
+            if workspace is not None:
+                (x0, y0), (x1, y1) = workspace
+                if not (x0 <= p[0] <= x1 and y0 <= p[1] <= y1):
+                    continue
+            keep.append(p)
+        return np.array(keep).reshape(-1, 3)
+
+
+class TouchPredicate(Predicate):
+    """Touch an actor, optionally pushing it (> 0.1 m) or toppling it (> 45 deg) (spec 4.9)."""
+
+    max_reward = 3.0
+
+    def __init__(self, env, actor: SceneObject, push: bool = False, topple: bool = False, name: str | None = None):
+        self.env, self.actor, self.push, self.topple = env, actor, push, topple
+        suffix = " and push over" if topple else " and push" if push else ""
+        self.name = name or f"Touch {actor.name}{suffix}"
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the initial pose and the latches (the task calls this once the scene has settled)."""
+        self.initial = None
+        self.touched = False
+        self.grasped_sometime = False
+
+    def topple_angle(self) -> float:
+        z0 = self.initial.to_transformation_matrix()[:3, 2]
+        z = self.actor.pose().to_transformation_matrix()[:3, 2]
+        cos = abs(float(np.dot(z, [0, 0, 1]))) if z0 is not None else 1.0
+        return float(np.degrees(np.arccos(min(1.0, cos))))
+
+    def evaluate(self) -> dict:
+        if self.initial is None:
+            self.initial = self.actor.pose()
+        if self.env.contact_ids(self.actor.id) & self.env.gripper_ids():
+            self.touched = True
+        if self.env.agent.check_grasp(self.actor.body):
+            self.grasped_sometime = True
+        p = self.actor.pose()
+        displacement = float(np.linalg.norm(np.asarray(p.p) - self.initial.p))
+        at_pos = displacement < 0.1
+        angle = self.topple_angle()
+        e = {
+            "touched": self.touched,
+            "grasped_sometime": self.grasped_sometime,
+            "actor_static": self.actor.is_static(),
+            "actor_at_pos": at_pos,
+            "actor_at_pose": at_pos and quat_angle(p.q, self.initial.q) / np.pi < 0.1,
+            "topple_angle": angle,
+            "displacement": displacement,
+        }
+        toppled = angle >= 45.0
+        if self.topple:
+            e["success"] = self.touched and e["actor_static"] and not at_pos and toppled
+        elif self.push:
+            e["success"] = self.touched and e["actor_static"] and not at_pos and not toppled
+        else:
+            e["success"] = self.touched and e["actor_static"] and not self.grasped_sometime and e["actor_at_pose"]
+        return e
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 3.0
+        gripper = np.concatenate([np.asarray(link.entity_pose.p)[None] for link in self.env.agent.gripper_links])
+        r = float(np.exp(-5 * box_distance(self.actor.world_vertices(), gripper)))
+        if self.topple:
+            r += min(1.0, e["topple_angle"] / 45)
+        if self.push:
+            r += 1 - min(1.0, e["topple_angle"] / 45)
+        if self.push or self.topple:
+            r += min(1.0, e["displacement"] / 0.1)
+        else:
+            r += 0.5 * e["actor_at_pos"] + 0.5 * e["actor_at_pose"]
+        return r
+
+
+# --------------------------------------------------------------------------------------------
+# Composites (spec 4.12)
+
+
+class Set(Predicate):
+    """All children succeed; reward = satisfied rewards + the best unsatisfied one."""
+
+    def __init__(self, name: str, children: list[Predicate]):
+        self.name, self.children = name, list(children)
+        self.max_reward = sum(c.max_reward for c in self.children)
+
+    def evaluate(self) -> dict:
+        e = {}
+        for c in self.children:
+            for k, v in c.evaluate().items():
+                e[f"{c.name}_{k}"] = v
+        e["success"] = all(e[f"{c.name}_success"] for c in self.children)
+        return e
+
+    def reward(self) -> float:
+        done = [c.reward() for c in self.children if c.success()]
+        todo = [c.reward() for c in self.children if not c.success()]
+        return sum(done) + (max(todo) if todo else 0.0)
+
+
+class Sequence(Set):
+    """All children succeed simultaneously; reward sums up to the first unsatisfied child."""
+
+    def reward(self) -> float:
+        total = 0.0
+        for c in self.children:
+            total += c.reward()
+            if not c.success():
+                break
+        return total
+
+
+class Order(Predicate):
+    """Children must succeed one after the other; earlier ones need not stay satisfied."""
+
+    def __init__(self, name: str, children: list[Predicate]):
+        self.name, self.children = name, list(children)
+        self.current = 0
+        self.best: dict[int, float] = {}
+        self.max_reward = sum(c.max_reward for c in self.children)
+
+    def evaluate(self) -> dict:
+        while self.current < len(self.children) and self.children[self.current].success():
+            self.best[self.current] = max(self.best.get(self.current, 0.0), self.children[self.current].reward())
+            self.current += 1
+        return {"current_idx": self.current, "success": self.current == len(self.children)}
+
+    def reward(self) -> float:
+        self.evaluate()
+        total = sum(self.best.get(i, 0.0) for i in range(self.current))
+        if self.current < len(self.children):
+            total += self.children[self.current].reward()
+        return total
+
+
+class Once(Predicate):
+    """Frozen at the first success (spec 4.12)."""
+
+    def __init__(self, name: str, child: Predicate):
+        self.name, self.child, self.max_reward = name, child, child.max_reward
+        self.frozen: tuple[dict, float] | None = None
+
+    def evaluate(self) -> dict:
+        if self.frozen is not None:
+            return self.frozen[0]
+        e = self.child.evaluate()
+        if e["success"]:
+            self.frozen = (e, self.child.reward())
+        return e
+
+    def reward(self) -> float:
+        self.evaluate()
+        return self.frozen[1] if self.frozen else self.child.reward()
+
+
+def leaf_predicates(p: Predicate) -> list[Predicate]:
+    """The leaves in order, for the top solver's selection (spec 5.2)."""
+    if isinstance(p, Once):
+        return leaf_predicates(p.child)
+    if isinstance(p, Set | Order):
+        return [leaf for c in p.children for leaf in leaf_predicates(c)]
+    return [p]
+
+
+def next_leaf(p: Predicate) -> Predicate | None:
+    """Spec 5.2 leaf selection: Once -> child; Order -> current; Set/Sequence -> first unsatisfied."""
+    if isinstance(p, Once):
+        return None if p.frozen is not None else next_leaf(p.child)
+    if isinstance(p, Order):
+        p.evaluate()
+        return next_leaf(p.children[p.current]) if p.current < len(p.children) else None
+    if isinstance(p, Set):
+        for c in p.children:
+            if not c.success():
+                return next_leaf(c)
+        return None
+    return None if p.success() else p

@@ -1,0 +1,124 @@
+"""One oracle episode, recorded: observations, actions, rewards, action traces and code labels.
+
+`OracleWorker` is what a simulator worker process hosts (`c2a_jax.sim.worker`): it owns one
+environment and answers `run_episode(seed)` with numpy arrays and a JSON-able metadata dict, which
+is all that crosses the process boundary.
+
+Episode layout (T actions, T + 1 observations; the last step carries no action, as in RLDS):
+  arrays  base_image, hand_image (T+1, H, W, 3) uint8; qpos, qvel (T+1, 12); ee_pose (T+1, 7);
+          ee_velocity (T+1, 6); vacuum_on, vacuum_grasping (T+1,) bool; vacuum_ready (T+1, 5) bool;
+          actors (T+1, 13 K); bboxes (T+1, K, 2, 3) int32 (base camera); actions (T+1, 7) float32
+          (last row zeros); rewards (T+1,); success (T+1,) bool (after the step's action).
+  meta    task, task_args, seed, split, image_size, prompts (placeholder form), natural_prompts,
+          actors [{name, id, key, colour, shape, size}], labels [{level1, level1_keystep, fine,
+          fine_keystep}] per step, traces (per step, the active solver chain), success, num_steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from c2a_jax.codeapi.trace import EpisodeLabeler
+
+OBS_KEYS = ("qpos", "qvel", "ee_pose", "ee_velocity", "vacuum_on", "vacuum_grasping", "vacuum_ready")
+
+
+def _json_trace(trace: list[dict]) -> list[dict]:
+    out = []
+    for state in trace:
+        clean = {}
+        for k, v in state.items():
+            if k == "prompts":
+                continue
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, np.generic):
+                v = v.item()
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def record_oracle_episode(env, seed: int, max_steps: int = 1000, images: bool = True) -> dict[str, Any]:
+    """Run the task's oracle from `reset(seed)` until success or `max_steps`; return the episode."""
+    start = time.time()
+    env.reset(seed=seed)
+    task = env.task
+    solver = task.solver()
+    labeler = EpisodeLabeler()
+    keys = [o.key for o in task.task_actors()]
+    frames: dict[str, list] = {k: [] for k in ("base_image", "hand_image", "actors", "bboxes", *OBS_KEYS)}
+    actions, rewards, successes, labels, traces = [], [], [], [], []
+
+    def observe():
+        obs = env.observe(images=images)
+        for k in OBS_KEYS:
+            frames[k].append(obs["agent"][k])
+        frames["actors"].append(obs["actors"])
+        frames["bboxes"].append(np.stack([obs["bboxes"][k] for k in keys]) if keys else np.zeros((0, 2, 3), np.int32))
+        if images:
+            frames["base_image"].append(obs["images"]["base_camera"])
+            frames["hand_image"].append(obs["images"]["hand_camera"])
+
+    success = False
+    observe()
+    for _ in range(max_steps):
+        action = np.asarray(solver.step(), dtype=np.float32)
+        trace = _json_trace(solver.trace())
+        _, reward, terminated, truncated, info = env.step(action)
+        success = bool(info["success"][0])
+        labels.append(labeler.label(trace, success_before=success))
+        traces.append(trace)
+        actions.append(action)
+        rewards.append(float(reward[0]))
+        successes.append(success)
+        observe()
+        if success:
+            break
+    final = labeler.label([], success_before=True) if success else labels[-1] if labels else None
+    labels.append(final)
+    traces.append([])
+    actions.append(np.zeros(7, np.float32))
+    rewards.append(rewards[-1] if rewards else 0.0)
+    successes.append(success)
+    arrays = {k: np.asarray(v) for k, v in frames.items() if v}
+    arrays["actions"] = np.asarray(actions, np.float32)
+    arrays["rewards"] = np.asarray(rewards, np.float32)
+    arrays["success"] = np.asarray(successes, bool)
+    meta = {
+        **task.describe(),
+        "task_args": dict(env.task_args),
+        "seed": int(seed),
+        "split": env.split,
+        "image_size": env.image_size,
+        "actors": [{**a, "key": f"{a['name']}_{a['id']}"} for a in task.describe()["actors"]],
+        "labels": [vars(label) if label is not None else None for label in labels],
+        "traces": traces,
+        "success": success,
+        "num_steps": len(actions) - 1,
+        "seconds": round(time.time() - start, 3),
+    }
+    return {"arrays": arrays, "meta": meta}
+
+
+class OracleWorker:
+    """A simulator worker's payload: one environment, episodes on request."""
+
+    def __init__(self, task: str, task_args: dict | None = None, image_size: int = 128, split: str = "train",
+                 max_steps: int = 1000):  # fmt: skip
+        import gymnasium as gym
+
+        import c2a_jax.sim.env  # noqa: F401  (registers ClevrSkills-v0)
+
+        self.env = gym.make("ClevrSkills-v0", task=task, task_args=task_args or {}, image_size=image_size,
+                            split=split).unwrapped  # fmt: skip
+        self.max_steps = max_steps
+
+    def run_episode(self, seed: int, images: bool = True) -> dict[str, Any]:
+        return record_oracle_episode(self.env, seed, self.max_steps, images)
+
+    def ping(self) -> str:
+        return "ok"

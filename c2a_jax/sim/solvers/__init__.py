@@ -1,0 +1,1 @@
+"""Oracle solvers: scripted policies that solve the tasks and record the code they run."""

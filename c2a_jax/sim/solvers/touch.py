@@ -1,0 +1,100 @@
+"""Touching, pushing away and toppling: `Move3dTouchSolver` over `Move3dSolver` and `TouchSolver`
+(clevrskills_spec.md 5.7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import sapien
+
+from c2a_jax.sim import robot as robot_lib
+from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver, Move3dSolver, quat_mul, quat_z, ref
+
+SPACE = 0.03
+
+
+def stroke_height(actor, topple: bool) -> float:
+    """TCP height of the stroke: 3 cm above the bottom to touch or push, 1.5 cm below the top to topple."""
+    return actor.top_z() - 0.015 if topple else actor.bottom_z() + SPACE
+
+
+def side_quat(direction: np.ndarray) -> np.ndarray:
+    """Tool down, its x axis along the horizontal push direction."""
+    return quat_mul(quat_z(float(np.arctan2(direction[1], direction[0]))), robot_lib.NEUTRAL_EE_QUAT)
+
+
+class TouchSolver(AbstractSolver):
+    """Horizontal strokes towards the actor's centre: touch until contact, push 0.15 m, or topple."""
+
+    def __init__(self, env, actor, push: bool = False, topple: bool = False):
+        super().__init__(env, actor=ref(actor), push=push, topple=topple)
+        self.actor, self.push, self.topple = actor, push, topple
+        self.start = np.asarray(actor.pose().p)
+        self.z = stroke_height(actor, topple)
+        self.direction = None
+
+    def step(self) -> np.ndarray:
+        tcp = np.asarray(self.tcp().p)
+        a = np.asarray(self.actor.pose().p)
+        if self.direction is None:
+            d = a[:2] - tcp[:2]
+            self.direction = np.append(d / max(np.linalg.norm(d), 1e-6), 0.0)
+        touched = bool(self.env.contact_ids(self.actor.id) & self.env.gripper_ids())
+        if self.topple:
+            z_axis = self.actor.pose().to_transformation_matrix()[:3, 2]
+            if np.degrees(np.arccos(min(1.0, abs(z_axis[2])))) >= 50.0:
+                self.done = True
+            step = 0.1
+        elif self.push:
+            if np.linalg.norm(a[:2] - self.start[:2]) > 0.15:
+                self.done = True
+            step = 0.05
+        else:
+            if touched:
+                self.done = True
+            step = min(0.02, float(np.linalg.norm(a[:2] - tcp[:2])) + 0.001)
+        if self.done:
+            return self.hold(GRIPPER_OFF)
+        goal = np.array([tcp[0], tcp[1], self.z]) + step * self.direction
+        return self.move_to(sapien.Pose(goal, side_quat(self.direction)), GRIPPER_OFF)
+
+
+class Move3dTouchSolver(AbstractSolver):
+    """Approach beside the actor (on the side facing the robot, so strokes go away from it), then
+    stroke; afterwards retreat upwards."""
+
+    def __init__(self, env, actor, push: bool = False, topple: bool = False):
+        super().__init__(env, actor=ref(actor), push=push, topple=topple)
+        self.actor, self.push, self.topple = actor, push, topple
+        self.role = None
+
+    def approach_pose(self) -> sapien.Pose:
+        a = np.asarray(self.actor.pose().p)
+        away = a[:2] - np.asarray(robot_lib.BASE_POSE.p[:2])
+        away = np.append(away / max(np.linalg.norm(away), 1e-6), 0.0)
+        verts = self.actor.world_vertices()[:, :2] - a[:2]
+        reach = float(np.max(verts @ -away[:2]))  # the actor's extent towards the robot
+        p = a - (reach + SPACE + 0.02) * away
+        p[2] = stroke_height(self.actor, self.topple)
+        return sapien.Pose(p, side_quat(away))
+
+    def step(self) -> np.ndarray:
+        if self.done:
+            if self.role != "retreat":
+                tcp = self.tcp()
+                self.sub, self.role = Move3dSolver(self.env, sapien.Pose(np.asarray(tcp.p) + [0, 0, 0.1], tcp.q),
+                                                  match_ori=True, role="retreat"), "retreat"  # fmt: skip
+            return self.sub.step() if not self.sub.done else self.hold(GRIPPER_OFF)
+        if self.role == "touch":
+            action = self.sub.step()
+            if self.sub.done:
+                self.done = True
+            return action
+        target = self.approach_pose()
+        tcp = np.asarray(self.tcp().p)
+        if np.linalg.norm(tcp[:2] - target.p[:2]) < 0.02 and abs(tcp[2] - target.p[2]) < 0.01:
+            self.sub, self.role = TouchSolver(self.env, self.actor, self.push, self.topple), "touch"
+            return self.sub.step()
+        if self.role != "approach" or self.sub.done:
+            self.sub, self.role = Move3dSolver(self.env, target, match_ori=True, role="approach",
+                                               target_actor=self.actor), "approach"  # fmt: skip
+        return self.sub.step()
