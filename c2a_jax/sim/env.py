@@ -155,6 +155,7 @@ class ClevrSkillsEnv(BaseEnv):
         self.agent.robot.set_pose(robot_lib.BASE_POSE)
         self.agent.controller.reset()
         self.agent.vacuum.contacts = lambda: self.last_substep_contacts
+        self.task.restore_placement()
         self.task.initialize()
 
     # --- episode lifecycle --------------------------------------------------------------------

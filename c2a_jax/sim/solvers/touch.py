@@ -10,6 +10,7 @@ from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver, Move3dSolver, quat_mul, quat_z, ref
 
 SPACE = 0.03
+MIN_REACH = 0.40  # horizontal distance from the base below which the tool cannot point down low
 
 
 def stroke_height(actor, topple: bool) -> float:
@@ -68,14 +69,27 @@ class Move3dTouchSolver(AbstractSolver):
         self.role = None
 
     def approach_pose(self) -> sapien.Pose:
+        """Beside the actor, stroking away from the robot when that is reachable; objects close to
+        the base are approached from the side instead (the Panda cannot reach down next to its base)."""
         a = np.asarray(self.actor.pose().p)
-        away = a[:2] - np.asarray(robot_lib.BASE_POSE.p[:2])
-        away = np.append(away / max(np.linalg.norm(away), 1e-6), 0.0)
+        base = np.asarray(robot_lib.BASE_POSE.p[:2])
+        away = a[:2] - base
+        heading = float(np.arctan2(away[1], away[0]))
         verts = self.actor.world_vertices()[:, :2] - a[:2]
-        reach = float(np.max(verts @ -away[:2]))  # the actor's extent towards the robot
-        p = a - (reach + SPACE + 0.02) * away
+        best, best_distance = None, -1.0
+        for turn in (0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2):
+            d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
+            reach = float(np.max(verts @ -d[:2]))  # the actor's extent towards the approach side
+            p = a - (reach + SPACE + 0.02) * d
+            distance = float(np.linalg.norm(p[:2] - base))
+            if distance >= MIN_REACH:
+                best = (p, d)
+                break
+            if distance > best_distance:
+                best, best_distance = (p, d), distance
+        p, d = best
         p[2] = stroke_height(self.actor, self.topple)
-        return sapien.Pose(p, side_quat(away))
+        return sapien.Pose(p, side_quat(d))
 
     def step(self) -> np.ndarray:
         if self.done:

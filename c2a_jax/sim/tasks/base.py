@@ -167,6 +167,7 @@ class Task:
         self.variant = int(variant)
         self.factory = objects.ObjectFactory(self.pools or self.registry_name, rng, split)
         self.objects: list[SceneObject] = []
+        self.placed: dict[int, tuple[SceneObject, sapien.Pose]] = {}
         self.predicate = None
 
     @property
@@ -200,7 +201,18 @@ class Task:
             self.rng, o.local_vertices, workspace or self.workspace, self.obstacles(exclude=o),
             offset=offset, grow_actor_bounds=grow,
         )  # fmt: skip
-        o.set_pose(sapien.Pose(pos, placement.quat_from_yaw(yaw)))
+        self.place(o, sapien.Pose(pos, placement.quat_from_yaw(yaw)))
+
+    def place(self, o: SceneObject, pose: sapien.Pose) -> None:
+        """Put an object at its initial pose. ManiSkill returns actors to their build poses after the
+        scene is loaded, so `restore_placement` re-applies these poses when the episode starts."""
+        o.set_pose(pose)
+        self.placed[o.id] = (o, pose)
+
+    def restore_placement(self) -> None:
+        for o, pose in self.placed.values():
+            o.set_pose(pose)
+            o.set_velocity()
 
     def spawn_under_gripper(self, o: SceneObject) -> None:
         """Spec 2.6: the object's top 0.5 mm below the TCP, identity orientation, falling at 0.1 m/s up."""
