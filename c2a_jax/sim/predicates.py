@@ -416,3 +416,62 @@ def next_leaf(p: Predicate) -> Predicate | None:
                 return next_leaf(c)
         return None
     return None if p.success() else p
+
+
+class DirectionPushed(Predicate):
+    """Pushed (never grasped) at least 30% of the way to a target, roughly in its direction, and
+    left alone: static, not touched by the gripper, at least 1 mm away from it (spec 4.6)."""
+
+    max_reward = 5.0
+
+    def __init__(self, env, actor: SceneObject, target: sapien.Pose, name: str | None = None):
+        self.env, self.actor, self.target = env, actor, target
+        self.name = name or f"Push {actor.name}"
+        self.reset()
+
+    def reset(self) -> None:
+        self.initial = None
+        self.grasped = False
+
+    def ee_distance(self) -> float:
+        gripper = np.stack([np.asarray(link.entity_pose.p) for link in self.env.agent.gripper_links])
+        return box_distance(self.actor.world_vertices(), gripper)
+
+    def evaluate(self) -> dict:
+        p = np.asarray(self.actor.pose().p)
+        if self.initial is None:
+            self.initial = p.copy()
+        if self.env.agent.check_grasp(self.actor.body):
+            self.grasped = True
+        t = np.asarray(self.target.p)
+        d0 = float(np.linalg.norm(t[:2] - self.initial[:2]))
+        moved, wanted = p[:2] - self.initial[:2], t[:2] - self.initial[:2]
+        cos = float(moved @ wanted / max(np.linalg.norm(moved) * np.linalg.norm(wanted), 1e-9))
+        e = {
+            "actor_static": self.actor.is_static(),
+            "actor_has_been_grasped": self.grasped,
+            "actor_at_pos": float(np.linalg.norm(t[:2] - p[:2])) < 0.7 * d0,
+            "pushed_in_direction": cos >= 0.5,
+            "actor_ee_contact": bool(self.env.contact_ids(self.actor.id) & self.env.gripper_ids()),
+            "actor_ee_distance": self.ee_distance(),
+        }
+        e["success"] = (
+            e["actor_static"] and not self.grasped and e["actor_at_pos"] and e["pushed_in_direction"]
+            and not e["actor_ee_contact"] and e["actor_ee_distance"] >= 0.001
+        )  # fmt: skip
+        return e
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 5.0
+        if e["actor_has_been_grasped"]:
+            return 0.0
+        dist = max(0.0, e["actor_ee_distance"])
+        if e["actor_at_pos"]:
+            return 3.0 + (not e["actor_ee_contact"]) + float(np.exp(min(0.0, 100 * (dist - 0.001))))
+        p, t = np.asarray(self.actor.pose().p), np.asarray(self.target.p)
+        ee = np.asarray(self.env.agent.tcp_pose().p)
+        a, b = (ee - p)[:2], (p - t)[:2]
+        c = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
+        return float(np.exp(-5 * dist) + np.exp(-5 * np.linalg.norm(p[:2] - t[:2])) + np.exp(c - 1))

@@ -174,7 +174,8 @@ class PickMove3dPlaceSolver(AbstractSolver):
                 q_actor = np.asarray(actor.pose().q)
                 if np.dot(q_actor, target.q) < 0:
                     q_actor = -q_actor
-                goal_q = quat_mul(quat_mul(_inv(q_actor), target.q), tcp.q) if self.match_ori else tcp.q
+                # turn the tool by the world-frame rotation that takes the actor to the target
+                goal_q = quat_mul(quat_mul(target.q, _inv(q_actor)), tcp.q) if self.match_ori else tcp.q
                 return Move3dSolver(self.env, sapien.Pose(goal_p, goal_q), match_ori=self.match_ori, vacuum=True,
                                     role="carry", actor=actor, target_actor=self.target_actor,
                                     extra={"target_pose_name": self.action_state.get("target_pose_name")})  # fmt: skip
