@@ -100,16 +100,20 @@ def test_vacuum_grasps_carries_and_releases(pick_env):
         ("Push", {}, 1, "push(actor=get_actor('{a}'), target_actor=get_actor('{b}'))"),
         ("Rotate", {"restore": True}, 1, "target_pose = rotate_z(get_pose(actor=get_actor('{a}')), "),
         ("PlaceNextTo", {}, 1, "target_pose = free_space_next_to(actor=get_actor('{a}'), next_to_actor="),
+        ("PlaceNextTo", {"spawn_at_gripper": True}, 0, "target_pose = free_space_next_to(actor=get_actor('{a}'), "),
     ],
 )
 def test_oracle_solves_a_fixed_seed(task, args, seed, code):
     worker = OracleWorker(task, args, image_size=32, max_steps=300)
     try:
-        episode = worker.run_episode(seed, images=False)
+        episode = worker.run_episode(seed, images=True)
     finally:
         worker.env.close()
     meta = episode["meta"]
     assert meta["success"], meta["natural_prompts"][0]
+    for camera in ("base_image", "hand_image"):  # both cameras rendered every step
+        frames = episode["arrays"][camera]
+        assert frames.shape == (meta["num_steps"] + 1, 32, 32, 3) and frames.std() > 5
     first = next(lab["level1"] for lab in meta["labels"] if lab["level1_keystep"])
     trace = meta["traces"][0][1]  # the level-1 solver names the actors the code must name
     names = {"a": trace["actor"][0], "b": (trace.get("target_actor") or trace.get("area_actor") or [""])[0]}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import sapien
 
+from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver, Move3dSolver, pose_json, ref
-from c2a_jax.sim.solvers.touch import side_quat
+from c2a_jax.sim.solvers.touch import HEAD_CLEARANCE, MIN_REACH, _box_gap, side_quat
 
 PUSH_HEIGHT = 0.025  # TCP height above the table while pushing
 CLEARANCE = 0.02
@@ -17,32 +18,32 @@ RETREAT = 0.04
 
 
 class PushAlongPathSolver(AbstractSolver):
-    """Move the TCP towards the target in steps of at most 5 cm, keeping the push direction."""
+    """Move the TCP in steps of at most 5 cm along a fixed push direction until the actor is as close
+    to the target as that line gets."""
 
-    def __init__(self, env, actor, target: sapien.Pose, target_actor=None):
+    def __init__(self, env, actor, target: sapien.Pose, direction: np.ndarray, target_actor=None):
         extra = {"target_actor": ref(target_actor)} if target_actor is not None else {}
         super().__init__(env, actor=ref(actor), current_target_pos=pose_json(target)[0], **extra)
-        self.actor, self.target = actor, target
-        self.lost = 0
+        self.actor, self.target, self.direction = actor, target, np.asarray(direction, float)
+        self.lost = False
 
     def step(self) -> np.ndarray:
         a = np.asarray(self.actor.pose().p)
-        t = np.asarray(self.target.p)
-        remaining = t[:2] - a[:2]
-        if np.linalg.norm(remaining) < DONE_DISTANCE:
+        remaining = np.asarray(self.target.p)[:2] - a[:2]
+        ahead = float(remaining @ self.direction[:2])  # how much further along the line the target lies
+        if np.linalg.norm(remaining) < DONE_DISTANCE or ahead < 0.01:
             self.done = True
             return self.hold(GRIPPER_OFF)
-        direction = np.append(remaining / np.linalg.norm(remaining), 0.0)
         tcp = np.asarray(self.tcp().p)
-        # keep the tool behind the actor's centre on the line to the target
-        behind = a - direction * (float(np.max((self.actor.world_vertices()[:, :2] - a[:2]) @ -direction[:2])) + 0.012)
-        off_line = np.linalg.norm((tcp - behind)[:2] - ((tcp - behind)[:2] @ direction[:2]) * direction[:2])
-        if off_line > 0.05:
-            self.done = True  # contact lost: the parent re-approaches
+        # the tool must stay behind the actor on the push line, else contact is lost
+        rel = a[:2] - tcp[:2]
+        off_line = abs(float(rel @ np.array([-self.direction[1], self.direction[0]])))
+        if off_line > 0.05 or float(rel @ self.direction[:2]) < 0.0:
+            self.done = self.lost = True  # the parent re-approaches
             return self.hold(GRIPPER_OFF)
-        step = min(float(np.linalg.norm(remaining)), 0.05)
-        goal = np.array([*(tcp[:2] + step * direction[:2]), PUSH_HEIGHT])
-        return self.move_to(sapien.Pose(goal, side_quat(direction)), GRIPPER_OFF)
+        step = min(ahead, 0.05)
+        goal = np.array([*(tcp[:2] + step * self.direction[:2]), PUSH_HEIGHT])
+        return self.move_to(sapien.Pose(goal, side_quat(self.direction)), GRIPPER_OFF)
 
 
 class PushSolver(AbstractSolver):
@@ -54,19 +55,34 @@ class PushSolver(AbstractSolver):
         self.actor, self.target, self.target_actor = actor, target, target_actor
         self.role = None
 
-    def push_pose(self) -> sapien.Pose:
+    def push_pose(self) -> tuple[sapien.Pose, np.ndarray]:
+        """The pose behind the actor for a push towards the target, and the push direction: straight
+        at the target when the arm can reach and the head has room, else turned by up to 45 degrees
+        (the actor still ends nearer the target, in roughly its direction)."""
         a = np.asarray(self.actor.pose().p)
-        d = np.asarray(self.target.p)[:2] - a[:2]
-        d = np.append(d / max(np.linalg.norm(d), 1e-9), 0.0)
-        reach = float(np.max((self.actor.world_vertices()[:, :2] - a[:2]) @ -d[:2]))
-        p = a - (reach + CLEARANCE + 0.02) * d
-        p[2] = PUSH_HEIGHT
-        return sapien.Pose(p, side_quat(d))
+        d0 = np.asarray(self.target.p)[:2] - a[:2]
+        heading = float(np.arctan2(d0[1], d0[0]))
+        verts = self.actor.world_vertices()[:, :2] - a[:2]
+        others = [o.world_vertices()[:, :2] for o in self.env.task.objects if o is not self.actor]
+        base = np.asarray(robot_lib.BASE_POSE.p[:2])
+        scored = []
+        for k, turn in enumerate((0.0, np.pi / 8, -np.pi / 8, np.pi / 4, -np.pi / 4)):
+            d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
+            reach = float(np.max(verts @ -d[:2]))
+            p = a - (reach + CLEARANCE + 0.02) * d
+            p[2] = PUSH_HEIGHT
+            clear = min((_box_gap(p[:2], o) for o in others), default=1.0)
+            distance = float(np.linalg.norm(p[:2] - base))
+            key = (clear >= HEAD_CLEARANCE, distance >= MIN_REACH, 0.0 if distance >= MIN_REACH else distance, -k)
+            scored.append((key, p, d))
+        _, p, d = max(scored, key=lambda item: item[0])
+        return sapien.Pose(p, side_quat(d)), d
 
     def step(self) -> np.ndarray:
         a = np.asarray(self.actor.pose().p)
         tcp = self.tcp()
-        if np.linalg.norm(a[:2] - np.asarray(self.target.p)[:2]) < DONE_DISTANCE or self.role == "retreat":
+        finished = self.role == "push" and self.sub.done and not self.sub.lost
+        if finished or np.linalg.norm(a[:2] - np.asarray(self.target.p)[:2]) < DONE_DISTANCE or self.role == "retreat":
             if self.role != "retreat":
                 away = np.asarray(tcp.p)[:2] - a[:2]
                 away = RETREAT * away / max(np.linalg.norm(away), 1e-9)
@@ -78,10 +94,13 @@ class PushSolver(AbstractSolver):
             return self.sub.step()
         if self.role == "push" and not self.sub.done:
             return self.sub.step()
-        target = self.push_pose()
+        if self.role != "approach" or self.sub.done:
+            self.approach, self.direction = self.push_pose()
+        target = self.approach
         p = np.asarray(tcp.p)
         if np.linalg.norm(p[:2] - target.p[:2]) < 0.02 and abs(p[2] - target.p[2]) < 0.01:
-            self.sub, self.role = PushAlongPathSolver(self.env, self.actor, self.target, self.target_actor), "push"
+            self.sub = PushAlongPathSolver(self.env, self.actor, self.target, self.direction, self.target_actor)
+            self.role = "push"
             return self.sub.step()
         if self.role != "approach" or self.sub.done:
             if self.role == "push":  # came off the path: lift before re-approaching

@@ -11,6 +11,13 @@ from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver, Move3dSolver, 
 
 SPACE = 0.03
 MIN_REACH = 0.40  # horizontal distance from the base below which the tool cannot point down low
+HEAD_CLEARANCE = 0.05  # room the vacuum head needs around the approach point
+
+
+def _box_gap(point: np.ndarray, footprint: np.ndarray) -> float:
+    """Distance from a point to the axis-aligned box around a footprint (0 inside)."""
+    gap = np.maximum(0.0, np.maximum(footprint.min(0) - point, point - footprint.max(0)))
+    return float(np.linalg.norm(gap))
 
 
 def stroke_height(actor, topple: bool) -> float:
@@ -69,25 +76,25 @@ class Move3dTouchSolver(AbstractSolver):
         self.role = None
 
     def approach_pose(self) -> sapien.Pose:
-        """Beside the actor, stroking away from the robot when that is reachable; objects close to
-        the base are approached from the side instead (the Panda cannot reach down next to its base)."""
+        """Beside the actor, stroking away from the robot when that is reachable and clear of the
+        other objects; otherwise from another side (the Panda cannot point the tool down right next
+        to its base, and the head needs room beside the actor)."""
         a = np.asarray(self.actor.pose().p)
         base = np.asarray(robot_lib.BASE_POSE.p[:2])
-        away = a[:2] - base
-        heading = float(np.arctan2(away[1], away[0]))
+        heading = float(np.arctan2(*(a[:2] - base)[::-1]))
         verts = self.actor.world_vertices()[:, :2] - a[:2]
-        best, best_distance = None, -1.0
-        for turn in (0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2):
+        others = [o.world_vertices()[:, :2] for o in self.env.task.objects if o is not self.actor]
+        scored = []
+        for k, turn in enumerate((0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2, 3 * np.pi / 4, -3 * np.pi / 4)):
             d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
             reach = float(np.max(verts @ -d[:2]))  # the actor's extent towards the approach side
             p = a - (reach + SPACE + 0.02) * d
+            clear = min((_box_gap(p[:2], o) for o in others), default=1.0)
             distance = float(np.linalg.norm(p[:2] - base))
-            if distance >= MIN_REACH:
-                best = (p, d)
-                break
-            if distance > best_distance:
-                best, best_distance = (p, d), distance
-        p, d = best
+            # prefer: room for the head, then reachable, then (if nothing is) the farthest, then the order above
+            key = (clear >= HEAD_CLEARANCE, distance >= MIN_REACH, 0.0 if distance >= MIN_REACH else distance, -k)
+            scored.append((key, p, d))
+        _, p, d = max(scored, key=lambda item: item[0])
         p[2] = stroke_height(self.actor, self.topple)
         return sapien.Pose(p, side_quat(d))
 
