@@ -19,6 +19,7 @@ previous sub-step's, predicates read the whole control step's or the last sub-st
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -265,6 +266,11 @@ class ClevrSkillsEnv(BaseEnv):
     # --- observations -------------------------------------------------------------------------
     def render_cameras(self) -> dict[str, np.ndarray]:
         """RGB uint8 images of both cameras, (H, W, 3)."""
+        if "tensorflow" in sys.modules:
+            raise RuntimeError(
+                "SAPIEN cannot render in a process that has loaded TensorFlow (lavapipe segfaults there); "
+                "run the simulator in a worker process (c2a_jax.sim.worker) or keep TensorFlow out of this one"
+            )
         self.scene.update_render()
         images = {}
         for uid in ("base_camera", "hand_camera"):

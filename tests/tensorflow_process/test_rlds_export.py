@@ -16,12 +16,12 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf  # noqa: E402
 
 from tests.helpers import ROOT
 
-tf = pytest.importorskip("tensorflow")
 tf.config.set_visible_devices([], "GPU")
-tfds = pytest.importorskip("tensorflow_datasets")
+import tensorflow_datasets as tfds  # noqa: E402
 
 from data_pipelines import build_rlds  # noqa: E402
 from data_pipelines.clevrskills_rlds import clevrskills_rlds_dataset_builder as rlds  # noqa: E402
