@@ -17,6 +17,9 @@ import sapien
 from c2a_jax.sim.tasks.base import SceneObject
 
 GRAVITY = 9.81
+# Placement points nearer the robot base than this (x-y) are not feasible for the Panda; the xArm6
+# of the original reaches closer, so the spec has no such bound (a documented deviation).
+MIN_PLACE_REACH = 0.33
 
 
 def aabb(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +240,8 @@ class NextTo(AtPosition):
                 continue
             if np.linalg.norm(np.asarray(robot_lib.BASE_POSE.p) - p) >= 0.6:
                 continue
+            if np.linalg.norm(np.asarray(robot_lib.BASE_POSE.p[:2]) - p[:2]) < MIN_PLACE_REACH:
+                continue  # our Panda cannot lower an object with the tool down this close to its base
             if workspace is not None:
                 (x0, y0), (x1, y1) = workspace
                 if not (x0 <= p[0] <= x1 and y0 <= p[1] <= y1):
