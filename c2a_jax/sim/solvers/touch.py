@@ -39,6 +39,7 @@ class TouchSolver(AbstractSolver):
         self.start = np.asarray(actor.pose().p)
         self.z = stroke_height(actor, topple)
         self.direction = None
+        self.touched = False
 
     def step(self) -> np.ndarray:
         tcp = np.asarray(self.tcp().p)
@@ -47,13 +48,14 @@ class TouchSolver(AbstractSolver):
             d = a[:2] - tcp[:2]
             self.direction = np.append(d / max(np.linalg.norm(d), 1e-6), 0.0)
         touched = bool(self.env.contact_ids(self.actor.id) & self.env.gripper_ids())
+        self.touched = self.touched or touched  # the task counts only actors the gripper touched
         if self.topple:
             z_axis = self.actor.pose().to_transformation_matrix()[:3, 2]
-            if np.degrees(np.arccos(min(1.0, abs(z_axis[2])))) >= 50.0:
+            if np.degrees(np.arccos(min(1.0, abs(z_axis[2])))) >= 50.0 and self.touched:
                 self.done = True
             step = 0.1
         elif self.push:
-            if np.linalg.norm(a[:2] - self.start[:2]) > 0.15:
+            if np.linalg.norm(a[:2] - self.start[:2]) > 0.15 and self.touched:
                 self.done = True
             step = 0.05
         else:
