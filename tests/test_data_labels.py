@@ -19,20 +19,8 @@ from c2a_jax.data import (
     shift_labels,
     step_labels,
 )
+from tests.test_codeapi_memory import SWAP_P1, SWAP_P2, SWAP_P3  # spec 6.9.2, written out once
 
-SWAP_P1 = (
-    "pose_dict['yellow cube'] = get_pose(actor=get_actor('yellow cube'))\n"
-    "pose_dict['blue hexagon'] = get_pose(actor=get_actor('blue hexagon'))\n"
-    "pick_move3d_place(actor=get_actor('yellow cube'), target_pose=free_space(actor=get_actor('yellow cube')))"
-)
-SWAP_P2 = (
-    "pose_dict['blue hexagon'] = get_pose(actor=get_actor('blue hexagon'))\n"
-    "pick_move3d_place(actor=get_actor('blue hexagon'), target_pose=pose_dict['yellow cube'])"
-)
-SWAP_P3 = (
-    "pose_dict['yellow cube'] = get_pose(actor=get_actor('yellow cube'))\n"
-    "pick_move3d_place(actor=get_actor('yellow cube'), target_pose=pose_dict['blue hexagon'])"
-)
 YELLOW_P1 = "pose_dict['yellow cube'] = get_pose(actor=get_actor('yellow cube'))"
 BLUE = "pose_dict['blue hexagon'] = get_pose(actor=get_actor('blue hexagon'))"
 
