@@ -121,5 +121,4 @@ def speed(ours128: float, ours256: float, peer: float) -> dict:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

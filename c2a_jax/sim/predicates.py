@@ -399,15 +399,6 @@ class Once(Predicate):
         return self.frozen[1] if self.frozen else self.child.reward()
 
 
-def leaf_predicates(p: Predicate) -> list[Predicate]:
-    """The leaves in order, for the top solver's selection (spec 5.2)."""
-    if isinstance(p, Once):
-        return leaf_predicates(p.child)
-    if isinstance(p, Set | Order):
-        return [leaf for c in p.children for leaf in leaf_predicates(c)]
-    return [p]
-
-
 def next_leaf(p: Predicate) -> Predicate | None:
     """Spec 5.2 leaf selection: Once -> child; Order -> current; Set/Sequence -> first unsatisfied."""
     if isinstance(p, Once):

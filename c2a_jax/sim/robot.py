@@ -327,7 +327,6 @@ class VacuumController(BaseController):
         weight = 0.5**self._sim_steps
         touching: dict[int, list] = {}  # cup index -> [(body, point)]
         per_body: dict[int, set] = {}
-        bodies: dict[int, object] = {}
         for contact in self.contacts():
             a, b = contact.body_a, contact.body_b
             ia, ib = self._cup_index.get(contact.id_a), self._cup_index.get(contact.id_b)
@@ -340,7 +339,6 @@ class VacuumController(BaseController):
                 continue
             touching.setdefault(cup, []).append((other, contact.position))
             per_body.setdefault(other_id, set()).add(cup)
-            bodies[other_id] = other
         in_contact = np.array([i in touching for i in range(len(self.cups))], dtype=np.float64)
         self.ready = in_contact.astype(bool)
         if not self.on:

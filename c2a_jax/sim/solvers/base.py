@@ -116,7 +116,6 @@ class Move3dSolver(AbstractSolver):
         self.check_done = check_done
         self.carried = actor
         self.waypoints = self.plan()
-        self.plans = 1
         self.last_qpos = None
         self.still = 0
 
@@ -162,9 +161,6 @@ class Move3dSolver(AbstractSolver):
             np.linalg.norm(np.asarray(tcp.p) - self.target.p) < 0.01 and quat_angle_deg(tcp.q, self.target.q) < 1.0
         )
 
-    def is_stuck(self) -> bool:
-        return self.plans >= 4
-
     def step(self) -> np.ndarray:
         if self.is_done():
             self.done = True
@@ -174,7 +170,6 @@ class Move3dSolver(AbstractSolver):
             self.still += 1
             if self.still >= 3:  # no progress: re-plan from here
                 self.waypoints, self.still = self.plan(), 0
-                self.plans += 1
         else:
             self.still = 0
         self.last_qpos = qpos

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import sapien
 
-from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver, Move3dSolver, pose_json, ref
-from c2a_jax.sim.solvers.touch import HEAD_CLEARANCE, MIN_REACH, _box_gap, side_quat
+from c2a_jax.sim.solvers.touch import choose_side, side_quat
 
 PUSH_HEIGHT = 0.025  # TCP height above the table while pushing
 CLEARANCE = 0.02
@@ -61,21 +60,9 @@ class PushSolver(AbstractSolver):
         (the actor still ends nearer the target, in roughly its direction)."""
         a = np.asarray(self.actor.pose().p)
         d0 = np.asarray(self.target.p)[:2] - a[:2]
-        heading = float(np.arctan2(d0[1], d0[0]))
-        verts = self.actor.world_vertices()[:, :2] - a[:2]
-        others = [o.world_vertices()[:, :2] for o in self.env.task.objects if o is not self.actor]
-        base = np.asarray(robot_lib.BASE_POSE.p[:2])
-        scored = []
-        for k, turn in enumerate((0.0, np.pi / 8, -np.pi / 8, np.pi / 4, -np.pi / 4)):
-            d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
-            reach = float(np.max(verts @ -d[:2]))
-            p = a - (reach + CLEARANCE + 0.02) * d
-            p[2] = PUSH_HEIGHT
-            clear = min((_box_gap(p[:2], o) for o in others), default=1.0)
-            distance = float(np.linalg.norm(p[:2] - base))
-            key = (clear >= HEAD_CLEARANCE, distance >= MIN_REACH, 0.0 if distance >= MIN_REACH else distance, -k)
-            scored.append((key, p, d))
-        _, p, d = max(scored, key=lambda item: item[0])
+        turns = (0.0, np.pi / 8, -np.pi / 8, np.pi / 4, -np.pi / 4)
+        p, d = choose_side(self.env, self.actor, float(np.arctan2(d0[1], d0[0])), turns, CLEARANCE + 0.02)
+        p[2] = PUSH_HEIGHT
         return sapien.Pose(p, side_quat(d)), d
 
     def step(self) -> np.ndarray:

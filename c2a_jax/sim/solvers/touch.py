@@ -20,6 +20,31 @@ def _box_gap(point: np.ndarray, footprint: np.ndarray) -> float:
     return float(np.linalg.norm(gap))
 
 
+def choose_side(env, actor, heading: float, turns, standoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where to put the tool beside `actor` to stroke or push it along `heading` turned by one of
+    `turns` (tried in order): `standoff` beyond the actor's edge on the opposite side.
+
+    Ranked by room for the vacuum head next to the other objects, then reachability (the Panda
+    cannot point the tool down right next to its base), then, when nothing is reachable, distance
+    from the base. Returns (point, unit push direction); the caller sets the height.
+    """
+    a = np.asarray(actor.pose().p)
+    base = np.asarray(robot_lib.BASE_POSE.p[:2])
+    verts = actor.world_vertices()[:, :2] - a[:2]
+    others = [o.world_vertices()[:, :2] for o in env.task.objects if o is not actor]
+    best = None
+    for k, turn in enumerate(turns):
+        d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
+        reach = float(np.max(verts @ -d[:2]))  # the actor's extent towards the approach side
+        p = a - (reach + standoff) * d
+        clear = min((_box_gap(p[:2], o) for o in others), default=1.0)
+        distance = float(np.linalg.norm(p[:2] - base))
+        key = (clear >= HEAD_CLEARANCE, distance >= MIN_REACH, 0.0 if distance >= MIN_REACH else distance, -k)
+        if best is None or key > best[0]:
+            best = (key, p, d)
+    return best[1], best[2]
+
+
 def stroke_height(actor, topple: bool) -> float:
     """TCP height of the stroke: 3 cm above the bottom to touch or push, 1.5 cm below the top to topple."""
     return actor.top_z() - 0.015 if topple else actor.bottom_z() + SPACE
@@ -79,24 +104,11 @@ class Move3dTouchSolver(AbstractSolver):
 
     def approach_pose(self) -> sapien.Pose:
         """Beside the actor, stroking away from the robot when that is reachable and clear of the
-        other objects; otherwise from another side (the Panda cannot point the tool down right next
-        to its base, and the head needs room beside the actor)."""
+        other objects; otherwise from another side."""
         a = np.asarray(self.actor.pose().p)
-        base = np.asarray(robot_lib.BASE_POSE.p[:2])
-        heading = float(np.arctan2(*(a[:2] - base)[::-1]))
-        verts = self.actor.world_vertices()[:, :2] - a[:2]
-        others = [o.world_vertices()[:, :2] for o in self.env.task.objects if o is not self.actor]
-        scored = []
-        for k, turn in enumerate((0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2, 3 * np.pi / 4, -3 * np.pi / 4)):
-            d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
-            reach = float(np.max(verts @ -d[:2]))  # the actor's extent towards the approach side
-            p = a - (reach + SPACE + 0.02) * d
-            clear = min((_box_gap(p[:2], o) for o in others), default=1.0)
-            distance = float(np.linalg.norm(p[:2] - base))
-            # prefer: room for the head, then reachable, then (if nothing is) the farthest, then the order above
-            key = (clear >= HEAD_CLEARANCE, distance >= MIN_REACH, 0.0 if distance >= MIN_REACH else distance, -k)
-            scored.append((key, p, d))
-        _, p, d = max(scored, key=lambda item: item[0])
+        heading = float(np.arctan2(*(a[:2] - np.asarray(robot_lib.BASE_POSE.p[:2]))[::-1]))
+        turns = (0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2, 3 * np.pi / 4, -3 * np.pi / 4)
+        p, d = choose_side(self.env, self.actor, heading, turns, SPACE + 0.02)
         p[2] = stroke_height(self.actor, self.topple)
         return sapien.Pose(p, side_quat(d))
 
