@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from c2a_jax.codeapi import MemoryBuffer, comment, is_keystep, render
+from c2a_jax.codeapi import MemoryBuffer, comment, is_keystep, render, uncomment
 from c2a_jax.codeapi.trace import DONE
 
 # Label granularities stored per step by the recorder (clevrskills_spec.md, decision 3).
@@ -222,3 +222,23 @@ def shift_labels(labels: Sequence[StepLabel], k: int, rng: Any, fix_done: bool =
     new_starts = _place_boundaries(starts, deltas, fixed, segments[-1].end)
     bounds = [0, *new_starts, segments[-1].end]
     return labels_from_segments([Segment(bounds[i], bounds[i + 1], s.code) for i, s in enumerate(segments)])
+
+
+def episode_labels(episode: dict[str, Any], level: str) -> list[StepLabel]:
+    """The step labels of an RLDS `Episode` at `level`, rebuilt from its code and key-step fields
+    (memory and cache info recomputed, so they can be shifted consistently)."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown code level {level!r}; expected one of {LEVELS}")
+    codes, keys = episode[f"code_{level}"], episode[f"is_keystep_{level}"]
+    segments: list[Segment] = []
+    for t, (code, key) in enumerate(zip(codes, keys, strict=True)):
+        if key:
+            if segments:
+                segments[-1] = Segment(segments[-1].start, t, segments[-1].code)
+            segments.append(Segment(t, t + 1, code))
+        elif not segments or uncomment(code) != segments[-1].code:
+            raise ValueError(f"episode {episode.get('key')}: step {t} {level} code {code!r} continues no key-step")
+    if not segments:
+        raise ValueError(f"episode {episode.get('key')} has no steps")
+    segments[-1] = Segment(segments[-1].start, len(codes), segments[-1].code)
+    return labels_from_segments(segments)

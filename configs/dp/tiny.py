@@ -29,6 +29,13 @@ def get_config(arg=None):
     c.data.image_size = 64
     c.data.horizon = 16  # Tp, the predicted action chunk
     c.data.n_action_steps = 8  # Ta, executed before replanning
+    c.data.crop_size = 58  # shared random crop of both cameras (centre crop at evaluation)
+    c.data.instruction_source = "oracle"  # 'oracle', 'shifted' (shift_k) or 'vlm_file' (vlm_labels_file)
+    c.data.shift_k = 0
+    c.data.vlm_labels_file = ""
+    c.data.normalization = "min_max"  # or 'p01_p99' (bounds from dataset_statistics.json)
+    c.data.normalize_gripper = False  # the vacuum command stays binary
+    c.data.shuffle_size = 4096  # frames in the shuffle buffer
 
     c.model = ml_collections.ConfigDict()
     c.model.down_dims = (32, 64, 128)

@@ -31,6 +31,12 @@ def get_config(arg=None):
     c.data.image_size = args["image_size"]
     c.data.keystep_request_fraction = 0.5  # share of examples asking "Please give a keystep reply"
     c.data.grid_question_fraction = 0.25  # share of bounding-box grid questions (auxiliary loss)
+    c.data.shift_k = 0  # paper 5.2: shift subtask boundaries by up to k steps
+    c.data.tokenizer = "c2a-tiny"  # or a local Hugging Face tokenizer directory (Phi-3's)
+    c.data.template = "plain"  # chat template: 'plain' or 'phi3' (c2a_jax.data.vlm.TEMPLATES)
+    c.data.max_length = 256  # tokens per row, image tokens included
+    c.data.images_per_row = 1  # 1: padding, one example per row; > 1: packing
+    c.data.shuffle_size = 2048  # examples in the shuffle buffer
 
     c.model = ml_collections.ConfigDict()
     c.model.vision_width = 64
