@@ -1,14 +1,19 @@
 #!/usr/bin/env python
 """Build the ClevrSkills RLDS (TFDS) dataset from generated demonstrations, with its statistics.
 
-    python data_pipelines/build_rlds.py --demos runs/demos --out runs/rlds [--overwrite]
+    python data_pipelines/build_rlds.py --demos runs/demos --out runs/rlds [--overwrite] [--robot auto]
 
-``--demos`` is the ``--out`` of ``data_pipelines/generate_demos.py`` (one or more dataset
-directories, each with ``episodes/seed_*.json`` + ``.npz``); the dataset is written to
-``<out>/clevrskills_rlds/1.0.0`` with ``dataset_statistics.json`` beside it, and can be read with
-plain TFDS: ``tfds.builder_from_directory("<out>/clevrskills_rlds/1.0.0")``.
+``--demos`` is the ``--out`` of ``data_pipelines/generate_demos.py`` or of
+``data_pipelines/convert_clevrskills.py`` (one or more dataset directories, each with
+``episodes/seed_*.json`` + ``.npz``). The builder config is the episodes' robot (``--robot auto``,
+the default, reads the ``robot`` field of the first episode's JSON; our own recorder's episodes have
+none and are ``panda_vacuum``; the released ClevrSkills data is ``xarm6_vacuum``); an episode of
+another robot stops the build with a message naming it. The dataset is written to
+``<out>/clevrskills_rlds/<robot>/1.0.0`` with ``dataset_statistics.json`` beside it, and can be read
+with plain TFDS: ``tfds.builder_from_directory("<out>/clevrskills_rlds/panda_vacuum/1.0.0")``.
 
-The same as ``tfds build data_pipelines/clevrskills_rlds --manual_dir <demos> --data_dir <out>``,
+The same as ``tfds build data_pipelines/clevrskills_rlds --manual_dir <demos> --data_dir <out>
+[--config <robot>]``,
 without the TFDS CLI's extra dependencies (tensorflow-datasets 4.9.10's CLI imports apache-beam
 and mlcroissant at start-up), and with one progress bar per split. A corrupt or missing episode
 file stops the build with a message naming it; exit status 2.
@@ -32,19 +37,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="TFDS data_dir to build into")
     ap.add_argument("--overwrite", action="store_true", help="rebuild if the dataset already exists")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--robot",
+        default="auto",
+        choices=("auto", "panda_vacuum", "xarm6_vacuum"),
+        help="builder config: the episodes' robot (auto: from the first episode's JSON)",
+    )
     args = ap.parse_args(argv)
     if not os.path.isdir(args.demos):
         ap.error(f"--demos {args.demos!r} is not a directory")
     return args
 
 
-def build(demos: str, out: str, overwrite: bool = False, progress: bool = True):
-    """Build (or reuse) the dataset in `out` from `demos`; returns the prepared builder."""
+def build(demos: str, out: str, overwrite: bool = False, progress: bool = True, robot: str | None = None):
+    """Build (or reuse) the dataset in `out` from `demos`; returns the prepared builder. `robot`
+    (the builder config) defaults to the robot of the first episode in `demos`."""
     import tensorflow_datasets as tfds
 
-    from data_pipelines.clevrskills_rlds import ClevrskillsRlds
+    from data_pipelines.clevrskills_rlds import ROBOTS, ClevrskillsRlds, discover_episodes, robot_of_episodes
 
-    builder = ClevrskillsRlds(data_dir=out)
+    if robot in (None, "auto"):
+        robot = robot_of_episodes(discover_episodes(demos))
+    if robot not in ROBOTS:
+        raise ValueError(f"unknown robot {robot!r}; known: {sorted(ROBOTS)}")
+    builder = ClevrskillsRlds(data_dir=out, config=robot)
     builder.show_progress = progress
     tfds.disable_progress_bar()  # ours (one bar per split) instead of TFDS' per-shard ones
     mode = tfds.download.GenerateMode
@@ -68,7 +84,7 @@ def _episode_error(error: BaseException):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        builder = build(args.demos, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        builder = build(args.demos, args.out, overwrite=args.overwrite, progress=not args.no_progress, robot=args.robot)
     except Exception as e:  # noqa: BLE001  (report bad input files plainly, re-raise anything else)
         cause = _episode_error(e)
         if cause is None:
@@ -79,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "data_dir": os.fspath(builder.data_dir),
+        "robot": builder.robot,
         "splits": {name: split.num_examples for name, split in builder.info.splits.items()},
         "statistics": os.path.join(os.fspath(builder.data_dir), STATISTICS_FILE),
     }

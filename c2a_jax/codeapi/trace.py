@@ -7,6 +7,11 @@ step of a level-1 solver, writes the values it computes for later use into ``pos
 `EpisodeLabeler` turns a stream of traces into per-step labels: the plain code on a key-step (the
 first step of a call), the commented code on the steps after it, and ``done()`` from the first
 successful step on.
+
+Solver identity: our recorder gives every solver instance a ``solver_id``; ClevrSkills' own
+traces (the released dataset) identify one by the triple (``solver_class``, ``solver_python_id``,
+``solver_random_id``) instead (spec 6.2), which `solver_key` falls back to, so the labeler reads
+both. Actor references may be lists or tuples ``(name, id)``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ DONE: Program = (Call("done"),)
 def _actor(ref: Any) -> Actor:
     """An actor reference of the trace, ``[name, id]``, as code."""
     return Actor(str(ref[0]))
+
+
+def solver_key(state: dict) -> Any:
+    """What tells one solver instance of a trace from another: ``solver_id`` (our recorder), else
+    ClevrSkills' triple (``solver_class``, ``solver_python_id``, ``solver_random_id``)."""
+    if "solver_id" in state:
+        return state["solver_id"]
+    return (state["solver_class"], state.get("solver_python_id"), state.get("solver_random_id"))
 
 
 def _kw(*pairs) -> tuple:
@@ -188,21 +201,21 @@ class EpisodeLabeler:
             return StepLabels(text, first, text, first)
         level1 = trace[1] if len(trace) > 1 else None
         deepest = trace[-1]
-        new_level1 = level1 is not None and level1["solver_id"] != self.level1_id
+        new_level1 = level1 is not None and solver_key(level1) != self.level1_id
         memory = []
         if new_level1:
-            self.level1_id = level1["solver_id"]
+            self.level1_id = solver_key(level1)
             program = level1_program(level1)
             self.level1_code = render(program) if program else f"{level1['solver_class']}# to do: not implemented yet"
             memory, self.fine_target = _fine_memory(level1)
-        new_fine = deepest["solver_id"] != self.fine_id or new_level1
+        new_fine = solver_key(deepest) != self.fine_id or new_level1
         if new_fine:
             call = fine_call(deepest, self.fine_target) if len(trace) > 2 else None
             if call is not None or memory:
-                self.fine_id = deepest["solver_id"]
+                self.fine_id = solver_key(deepest)
                 self.fine_code = render((*memory, call) if call is not None else tuple(memory))
             elif not self.fine_code:  # a level-1 solver acting itself before any child: its own code
-                self.fine_id = deepest["solver_id"]
+                self.fine_id = solver_key(deepest)
                 self.fine_code = self.level1_code
             else:  # the level-1 solver holds between children: the last call goes on
                 new_fine = False

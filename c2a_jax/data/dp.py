@@ -10,7 +10,7 @@ relabelling axis and is chosen here:
 * ``shifted``: the same, with subtask boundaries shifted by up to ``shift_k`` steps, redrawn every
   time an episode is read (paper 5.2);
 * ``vlm_file``: a JSONL file of VLM-generated code per step (``data_pipelines`` relabelling), one
-  object per line ``{"episode": "<dataset>/<seed>", "step": t, "code": "..."}``; the cache info is
+  object per line ``{"episode": "<dataset>/<file stem>", "step": t, "code": "..."}`` (`rlds.episode_key`); the cache info is
   recomputed from the generated code exactly as the controller does at inference.
 
 A frame at step t holds ``action[t : t + H]``; steps past the episode's last action repeat that

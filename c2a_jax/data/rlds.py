@@ -12,7 +12,7 @@ Episode keys: ``image``, ``wrist_image`` (T, S, S, 3) uint8; ``state`` (T, 9), `
 (T, K, 2) int32; per level in ``LEVELS``: ``code_<level>``, ``past_actions_<level>``,
 ``cache_info_<level>`` (lists of T str) and ``is_keystep_<level>`` (T,) bool;
 ``language_instruction`` (str); ``prompts``, ``actor_names`` (lists of str); ``task``, ``level``
-and ``key`` (``<dataset>/<seed>``, unique).
+and ``key`` (`episode_key`, unique).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _tensorflow():
 
 
 def open_dataset(data_dir: str | os.PathLike):
-    """A TFDS builder for a built dataset version directory (``.../clevrskills_rlds/1.0.0``) or a
+    """A TFDS builder for a built dataset version directory (``.../clevrskills_rlds/panda_vacuum/1.0.0``) or a
     directory above it; errors name the path."""
     _, tfds = _tensorflow()
     path = os.fspath(data_dir)
@@ -69,6 +69,14 @@ def _decode(value):
     return value
 
 
+def episode_key(metadata: dict[str, Any]) -> str:
+    """``<dataset>/<episode file stem>`` (e.g. ``Pick/seed_000042``, ``.../seed_000042_variant_1``):
+    unique across a dataset, and the key VLM-label files use (`c2a_jax.data.dp`)."""
+    path = str(metadata.get("file_path") or "")
+    stem = os.path.splitext(os.path.basename(path))[0] if path else f"seed_{metadata.get('seed', '')}"
+    return f"{metadata.get('dataset', '')}/{stem}"
+
+
 def to_episode(steps: dict[str, Any], metadata: dict[str, Any]) -> Episode:
     """An `Episode` from a batched-steps numpy dict and the episode metadata."""
     obs = steps["observation"]
@@ -90,7 +98,7 @@ def to_episode(steps: dict[str, Any], metadata: dict[str, Any]) -> Episode:
     episode["actor_names"] = list(meta.get("actor_names") or [])
     episode["task"] = str(meta.get("task", ""))
     episode["level"] = str(meta.get("level", ""))
-    episode["key"] = f"{meta.get('dataset', '')}/{meta.get('seed', '')}"
+    episode["key"] = episode_key(meta)
     return episode
 
 

@@ -6,19 +6,29 @@ data_pipelines/clevrskills_rlds --manual_dir <demos>`` finds it, as it finds eve
 """
 
 from .clevrskills_rlds_dataset_builder import (
+    DEFAULT_ROBOT,
+    ROBOTS,
     ClevrskillsRlds,
+    ClevrskillsRldsConfig,
     EpisodeFileError,
     compute_statistics,
     discover_episodes,
+    episode_robot,
+    robot_of_episodes,
     task_level,
     write_statistics,
 )
 
 __all__ = [
+    "DEFAULT_ROBOT",
+    "ROBOTS",
     "ClevrskillsRlds",
+    "ClevrskillsRldsConfig",
     "EpisodeFileError",
     "compute_statistics",
     "discover_episodes",
+    "episode_robot",
+    "robot_of_episodes",
     "task_level",
     "write_statistics",
 ]

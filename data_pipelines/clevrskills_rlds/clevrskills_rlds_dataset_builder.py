@@ -7,22 +7,31 @@ of the OXE fields every step carries the paper's code labels (key-step line or i
 memory as past actions, cache info) at both granularities, so the VLM and the diffusion policy train
 from the same files.
 
-Source: episodes written by ``data_pipelines/generate_demos.py`` (layout in `c2a_jax.sim.rollout`),
+Source: episodes written by ``data_pipelines/generate_demos.py`` (layout in `c2a_jax.sim.rollout`)
+or converted from ClevrSkills' released trajectories by ``data_pipelines/convert_clevrskills.py``,
 read from the TFDS *manual directory*, which holds one or more dataset directories::
 
     <manual_dir>/<dataset>/episodes/seed_000000.json + seed_000000.npz
+    <manual_dir>/<dataset>/episodes/seed_000000_variant_1.json + .npz   (task variant 1 of seed 0)
+
+Robots: one builder config per robot, since the joint vector differs: ``panda_vacuum`` (the
+default: our simulator's Panda with the vacuum tool, 12 joints) and ``xarm6_vacuum`` (the xArm6
+with the vacuum tool of the released ClevrSkills dataset, 11 joints). An episode names its robot in
+the ``robot`` field of its JSON (absent = ``panda_vacuum``); every episode of a build must match the
+config. TFDS puts the config into the path: ``<data_dir>/clevrskills_rlds/<robot>/1.0.0``.
 
 Build with the TFDS CLI (``--data_dir`` defaults to ~/tensorflow_datasets)::
 
-    tfds build data_pipelines/clevrskills_rlds --manual_dir runs/demos --data_dir runs/rlds
+    tfds build data_pipelines/clevrskills_rlds --manual_dir runs/demos --data_dir runs/rlds \
+        [--config xarm6_vacuum]
 
 or ``python data_pipelines/build_rlds.py --demos runs/demos --out runs/rlds`` (same result, with a
-progress bar). Note: the ``tfds`` CLI of tensorflow-datasets 4.9.10 imports apache-beam and
-mlcroissant when it starts (tensorflow/datasets#5463), whichever dataset it builds; the builder itself
-needs neither. Either way ``dataset_statistics.json`` (Octo's per-dimension statistics) is written
+progress bar, and the config picked from the episodes' robot). Note: the ``tfds`` CLI of
+tensorflow-datasets 4.9.10 imports apache-beam and mlcroissant when it starts
+(tensorflow/datasets#5463), whichever dataset it builds; the builder itself needs neither. Either way ``dataset_statistics.json`` (Octo's per-dimension statistics) is written
 beside the built data. Read it back without this code::
 
-    builder = tfds.builder_from_directory("runs/rlds/clevrskills_rlds/1.0.0")
+    builder = tfds.builder_from_directory("runs/rlds/clevrskills_rlds/panda_vacuum/1.0.0")
 
 Beam: pass ``--beam_pipeline_options=...`` to ``tfds build`` (or a ``beam_runner`` /
 ``beam_options`` in the ``DownloadConfig``) and `_generate_examples` returns a Beam PTransform
@@ -80,8 +89,40 @@ DESCRIPTION = (
 VAL_FRACTION = 0.05
 STATISTICS_FILE = "dataset_statistics.json"
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "vacuum_on", "vacuum_grasping")
-# Panda arm (7 joints) + the vacuum tool's five suction-cup joints (c2a_jax.sim.robot).
-QPOS_DIM = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Robot:
+    """A robot whose episodes the dataset can hold: its joint vector (qpos/qvel) and its meaning."""
+
+    name: str
+    qpos_dim: int
+    qpos_doc: str
+
+
+# clevrskills_spec.md 1.4: the same five-cup vacuum tool on two arms.
+ROBOTS: dict[str, Robot] = {
+    r.name: r
+    for r in (
+        Robot(
+            "panda_vacuum",
+            12,
+            "Robot joint positions, 12 dims: [0:7] Panda arm joints 1-7 (rad); [7:12] the five suction-cup "
+            "prismatic joints (m, compliant, +-1.5 mm). Our simulator's robot (c2a_jax.sim.robot).",
+        ),
+        Robot(
+            "xarm6_vacuum",
+            11,
+            "Robot joint positions, 11 dims: [0:6] xArm6 arm joints 1-6 (rad); [6:11] the five suction-cup "
+            "prismatic joints (m, compliant, +-1.5 mm). The robot of ClevrSkills' released dataset "
+            "(clevrskills_spec.md 1.4.1), converted by data_pipelines/convert_clevrskills.py.",
+        ),
+    )
+}
+# The robot of episodes whose JSON has no `robot` field (our own recorder's).
+DEFAULT_ROBOT = "panda_vacuum"
+# The default robot's joint count (Panda arm 7 + five suction cups).
+QPOS_DIM = ROBOTS[DEFAULT_ROBOT].qpos_dim
 ACTION_NAMES = ("dx", "dy", "dz", "rx", "ry", "rz", "vacuum")
 # Arrays every episode .npz must hold (see c2a_jax.sim.rollout).
 REQUIRED_ARRAYS = (
@@ -148,9 +189,45 @@ class EpisodeFiles:
 
     @property
     def seed(self) -> str:
-        """The seed from the file name (``seed_000042`` -> ``"42"``), or the stem."""
-        match = re.fullmatch(r"seed_(\d+)", self.stem)
+        """The seed from the file name (``seed_000042`` -> ``"42"``; a task variant's
+        ``seed_000042_variant_1`` -> ``"42"`` too, so that all variants of a scene share a split),
+        or the stem."""
+        match = _STEM.fullmatch(self.stem)
         return str(int(match.group(1))) if match else self.stem
+
+    @property
+    def variant(self) -> int:
+        """The task variant from the file name (``seed_000042_variant_1`` -> 1), 0 if none."""
+        match = _STEM.fullmatch(self.stem)
+        return int(match.group(2)) if match and match.group(2) else 0
+
+
+# Episode file stems: seed_<seed>[_variant_<v>] (data_pipelines/convert_clevrskills.py writes variants).
+_STEM = re.compile(r"seed_(\d+)(?:_variant_(\d+))?")
+
+
+def episode_robot(meta: Mapping[str, Any]) -> str:
+    """The robot an episode was recorded with: its JSON's ``robot`` field, else `DEFAULT_ROBOT`."""
+    return str(meta.get("robot") or DEFAULT_ROBOT)
+
+
+def robot_of_episodes(episodes: list[EpisodeFiles]) -> str:
+    """The robot of the first of `episodes` (every other one is checked against it while the
+    dataset is built); an unreadable file raises `EpisodeFileError` naming it."""
+    if not episodes:
+        raise FileNotFoundError("no episodes to tell the robot from")
+    path = episodes[0].json_path
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EpisodeFileError(f"cannot read episode metadata {path}: {e}") from e
+    if not isinstance(meta, dict):
+        raise EpisodeFileError(f"episode metadata {path} is not a JSON object")
+    robot = episode_robot(meta)
+    if robot not in ROBOTS:
+        raise EpisodeFileError(f"episode metadata {path}: unknown robot {robot!r} (known: {sorted(ROBOTS)})")
+    return robot
 
 
 def _dataset_dirs(manual_dir: str) -> list[str]:
@@ -212,9 +289,9 @@ def assign_splits(episodes: list[EpisodeFiles], val_fraction: float = VAL_FRACTI
     return {name: split for name, split in splits.items() if split}
 
 
-def load_episode(episode: EpisodeFiles) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The metadata and arrays of an episode; unreadable or inconsistent files raise
-    `EpisodeFileError` naming them."""
+def load_episode(episode: EpisodeFiles, robot: str = DEFAULT_ROBOT) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and arrays of an episode of `robot`; unreadable or inconsistent files, and an
+    episode of another robot, raise `EpisodeFileError` naming them."""
     try:
         with open(episode.json_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -222,6 +299,12 @@ def load_episode(episode: EpisodeFiles) -> tuple[dict[str, Any], dict[str, np.nd
         raise EpisodeFileError(f"cannot read episode metadata {episode.json_path}: {e}") from e
     if not isinstance(meta, dict):
         raise EpisodeFileError(f"episode metadata {episode.json_path} is not a JSON object")
+    if episode_robot(meta) != robot:
+        raise EpisodeFileError(
+            f"episode {episode.json_path} was recorded with the {episode_robot(meta)} robot, this dataset holds "
+            f"{robot} episodes (build each robot's episodes separately: build_rlds.py --robot ...)"
+        )
+    qpos_dim = ROBOTS[robot].qpos_dim
     try:
         with np.load(episode.npz_path) as data:
             missing = [k for k in REQUIRED_ARRAYS if k not in data.files]
@@ -232,10 +315,10 @@ def load_episode(episode: EpisodeFiles) -> tuple[dict[str, Any], dict[str, np.nd
         ) from e
     if missing:
         raise EpisodeFileError(f"episode arrays {episode.npz_path} lack {missing} (recorded without images?)")
-    if arrays["qpos"].shape[1:] != (QPOS_DIM,) or arrays["qvel"].shape[1:] != (QPOS_DIM,):
+    if arrays["qpos"].shape[1:] != (qpos_dim,) or arrays["qvel"].shape[1:] != (qpos_dim,):
         raise EpisodeFileError(
             f"episode arrays {episode.npz_path}: qpos/qvel of shape {arrays['qpos'].shape[1:]}, "
-            f"this dataset version holds the {QPOS_DIM}-joint Panda with vacuum"
+            f"the {robot} robot has {qpos_dim} joints"
         )
     lengths = {k: len(v) for k, v in arrays.items()}
     num_labels = len(meta.get("labels") or ())
@@ -316,10 +399,10 @@ def episode_example(episode: EpisodeFiles, meta: Mapping[str, Any], arrays: Mapp
     return {"steps": steps, "episode_metadata": metadata}
 
 
-def parse_episode(episode: EpisodeFiles) -> list[tuple[str, dict]]:
+def parse_episode(episode: EpisodeFiles, robot: str = DEFAULT_ROBOT) -> list[tuple[str, dict]]:
     """``[(key, example)]`` for a successful episode, ``[]`` for an unsuccessful one (dropped, as in
     paper section 4.1). A module-level function so that Beam workers can pickle it."""
-    meta, arrays = load_episode(episode)
+    meta, arrays = load_episode(episode, robot)
     if not meta.get("success") or not np.any(arrays["success"]):
         return []
     try:
@@ -362,7 +445,8 @@ def _level_features() -> dict[str, tfds.features.FeatureConnector]:
     return features
 
 
-def _step_features() -> tfds.features.FeaturesDict:
+def _step_features(robot: str = DEFAULT_ROBOT) -> tfds.features.FeaturesDict:
+    qpos_dim = ROBOTS[robot].qpos_dim
     observation = tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(
@@ -385,14 +469,9 @@ def _step_features() -> tfds.features.FeaturesDict:
                 "quaternion qw, qx, qy, qz (world frame); [7] vacuum_on (1.0 = suction commanded on); "
                 "[8] vacuum_grasping (1.0 = an object is held).",
             ),
-            "qpos": tfds.features.Tensor(
-                shape=(QPOS_DIM,),
-                dtype=np.float32,
-                doc="Robot joint positions, 12 dims: [0:7] Panda arm joints 1-7 (rad); [7:12] the five suction-cup "
-                "prismatic joints (m, compliant, +-1.5 mm).",
-            ),
+            "qpos": tfds.features.Tensor(shape=(qpos_dim,), dtype=np.float32, doc=ROBOTS[robot].qpos_doc),
             "qvel": tfds.features.Tensor(
-                shape=(QPOS_DIM,), dtype=np.float32, doc="Robot joint velocities, same order and units per second."
+                shape=(qpos_dim,), dtype=np.float32, doc="Robot joint velocities, same order and units per second."
             ),
         },
         doc="Observation before this step's action.",
@@ -449,28 +528,56 @@ def _metadata_features() -> tfds.features.FeaturesDict:
     )
 
 
+@dataclasses.dataclass(eq=False)
+class ClevrskillsRldsConfig(tfds.core.BuilderConfig):
+    """A builder config per robot (`ROBOTS`): the config name is the robot name."""
+
+    robot: str = DEFAULT_ROBOT
+
+
 class ClevrskillsRlds(tfds.core.GeneratorBasedBuilder):
     """ClevrSkills oracle demonstrations with per-step robot-API code labels (RLDS)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [
+        ClevrskillsRldsConfig(
+            name="panda_vacuum",
+            robot="panda_vacuum",
+            description="Panda with the ClevrSkills vacuum tool (our simulator; qpos 12).",
+        ),
+        ClevrskillsRldsConfig(
+            name="xarm6_vacuum",
+            robot="xarm6_vacuum",
+            description="xArm6 with the ClevrSkills vacuum tool (the released ClevrSkills dataset; qpos 11).",
+        ),
+    ]
+    DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_ROBOT
     RELEASE_NOTES = {
         "1.0.0": "Initial release: OXE step fields, fine and level-1 code labels with key-step flags, past actions "
         "and cache info, actor grid positions, train/val splits, dataset_statistics.json.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Generate episodes with data_pipelines/generate_demos.py (one or more tasks into the same --out) and
-    pass that --out directory as --manual_dir: <manual_dir>/<dataset>/episodes/seed_*.json + .npz.
+    Generate episodes with data_pipelines/generate_demos.py (one or more tasks into the same --out), or
+    convert ClevrSkills' released trajectories with data_pipelines/convert_clevrskills.py, and pass that
+    --out directory as --manual_dir: <manual_dir>/<dataset>/episodes/seed_*.json + .npz. Choose the config
+    of the episodes' robot (panda_vacuum, the default, or xarm6_vacuum for the released dataset).
     """
 
     # Set by data_pipelines/build_rlds.py: show a tqdm bar per split while converting episodes.
     show_progress = False
+
+    @property
+    def robot(self) -> str:
+        """The robot of this config's episodes."""
+        config = self.builder_config
+        return getattr(config, "robot", None) or (config.name if config is not None else DEFAULT_ROBOT)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "steps": tfds.features.Dataset(_step_features(), doc="The episode's steps, in order."),
+                    "steps": tfds.features.Dataset(_step_features(self.robot), doc="The episode's steps, in order."),
                     "episode_metadata": _metadata_features(),
                 }
             ),
@@ -496,7 +603,7 @@ class ClevrskillsRlds(tfds.core.GeneratorBasedBuilder):
         episodes in parallel workers (returned, not yielded, so that TFDS can tell the two apart)."""
         if getattr(self, "_use_beam", False):
             beam = tfds.core.lazy_imports.apache_beam
-            return beam.Create(episodes) | beam.FlatMap(parse_episode)
+            return beam.Create(episodes) | beam.FlatMap(parse_episode, robot=self.robot)
         return self._iterate_examples(episodes, split)
 
     def _iterate_examples(self, episodes: list[EpisodeFiles], split: str) -> Iterator[tuple[str, dict]]:
@@ -507,7 +614,7 @@ class ClevrskillsRlds(tfds.core.GeneratorBasedBuilder):
             items = tqdm(episodes, desc=f"{self.name} {split}", unit="ep")
         shape = None
         for episode in items:
-            for key, example in parse_episode(episode):
+            for key, example in parse_episode(episode, self.robot):
                 image = example["steps"][0]["observation"]["image"].shape
                 if shape is not None and image != shape:
                     raise EpisodeFileError(f"{episode.npz_path}: images of shape {image}, earlier episodes {shape}")
@@ -549,7 +656,7 @@ def compute_statistics(
     over `split`, plus ``num_transitions`` (steps with an action: the last step of each episode
     has none and is left out of the action statistics), ``num_steps`` and ``num_trajectories``.
 
-    Reads the built dataset with plain TFDS (a builder, or a ``.../clevrskills_rlds/1.0.0``
+    Reads the built dataset with plain TFDS (a builder, or a ``.../clevrskills_rlds/<robot>/1.0.0``
     directory); images are never decoded.
     """
     builder = _as_builder(builder_or_dir)

@@ -44,7 +44,7 @@ def test_reader_gives_whole_episodes_resized(dataset):
         assert ep["is_last"][-1] and not ep["is_last"][:-1].any()
         assert len(ep["code_fine"]) == n and ep["is_keystep_fine"][0]
         assert ep["code_fine"][-1] == "done()" or ep["code_fine"][-1] == "# done()"
-        assert ep["key"].startswith("Pick/") and ep["prompts"] and ep["actor_names"]
+        assert ep["key"].startswith("Pick/seed_") and ep["prompts"] and ep["actor_names"]
     assert len({ep["key"] for ep in episodes}) == len(episodes)
 
 

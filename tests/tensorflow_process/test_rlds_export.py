@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from data_pipelines import build_rlds  # noqa: E402
 from data_pipelines.clevrskills_rlds import clevrskills_rlds_dataset_builder as rlds  # noqa: E402
 
-VERSION_DIR = os.path.join("clevrskills_rlds", "1.0.0")
+VERSION_DIR = os.path.join("clevrskills_rlds", "panda_vacuum", "1.0.0")  # the default config: our Panda
 
 
 @pytest.fixture(scope="module")

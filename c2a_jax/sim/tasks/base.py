@@ -10,7 +10,6 @@ articles included; `clean=True` removes those quirks (decision 6).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import sapien.physx as physx
 
 from c2a_jax.sim import objects, placement
 from c2a_jax.sim import robot as robot_lib
+from c2a_jax.sim.prompts import render_prompt  # noqa: F401  (re-exported: tasks render their prompts)
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -118,31 +118,6 @@ def obj(o: SceneObject) -> str:
 
 def tex(o: SceneObject) -> str:
     return "{tex:" + o.key + "}"
-
-
-_TOKEN = re.compile(r"\{(obj|tex|ks|pos):([^}]*)\}")
-
-
-def render_prompt(prompt: str, textures: dict[str, str], clean: bool = False) -> str:
-    """Natural-language form of a placeholder prompt (spec 3.0.4).
-
-    ``{obj:red cube_12}`` -> " the red cube" (the name before the first underscore),
-    ``{tex:red cube_12}`` -> its texture name, ``{ks:...}``/``{pos:...}`` -> raw text; runs of
-    spaces collapse to one. With `clean`, a doubled "the the" and leading space are removed.
-    """
-
-    def replace(match: re.Match) -> str:
-        kind, key = match.group(1), match.group(2)
-        if kind == "obj":
-            return " the " + key.split("_")[0]
-        if kind == "tex":
-            return textures.get(key, key)
-        return f"{kind}:{key}"
-
-    text = re.sub(r" +", " ", _TOKEN.sub(replace, prompt))
-    if clean:
-        text = re.sub(r"\bthe the\b", "the", text).strip()
-    return text
 
 
 # --------------------------------------------------------------------------------------------
