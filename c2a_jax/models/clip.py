@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from c2a_jax.models.layers import dense
+
 # transformers' CLIPVisionConfig defaults (ViT-B/32); a config.json written as a diff against the
 # defaults (old CLIP and LLaVA checkpoints) omits exactly these keys.
 HF_VISION_DEFAULTS: dict[str, Any] = {
@@ -213,8 +215,7 @@ class Dense(nnx.Module):
         self.bias = _param(jnp.zeros((features_out,), config.param_dtype), (axes[1],))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(self.dtype)
-        return x @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return dense(x, self.kernel[...], self.dtype) + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -273,7 +274,7 @@ class ClipVisionEmbeddings(nnx.Module):
     def __call__(self, pixel_values: jax.Array, channels_last: bool = False) -> jax.Array:
         dtype = self.config.dtype
         patches = _to_patches(pixel_values, self.config, channels_last).astype(dtype)
-        tokens = patches @ self.patch_embedding[...].astype(dtype)
+        tokens = dense(patches, self.patch_embedding[...], dtype)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(dtype), (tokens.shape[0], 1, tokens.shape[-1]))
         return jnp.concatenate([cls, tokens], axis=1) + self.position_embedding[...].astype(dtype)
 

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from c2a_jax.models.layers import dense
+
 # transformers' Phi-3 maps the legacy names "su" and "yarn" onto longrope (configuration_phi3.py).
 _ROPE_TYPES = {"default": "default", "longrope": "longrope", "su": "longrope", "yarn": "longrope"}
 _MASK_VALUE = float(np.finfo(np.float32).min)
@@ -302,15 +304,22 @@ def dot_product_attention(
 
     Logits and softmax are float32; a query that sees no key gets the mean of v (no NaN)."""
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    s, kv_heads = k.shape[1], k.shape[2]
+    g = h // kv_heads
     scale = d**-0.5 if scale is None else scale
-    qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    # One batch dimension (batch x kv head) for both matmuls: XLA's CPU backend runs dot_generals
+    # with several batch dimensions several times slower (bench/vlm_train.py); GPUs do not mind.
+    qf = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, g * t, d)
+    kf = k.transpose(0, 2, 1, 3).reshape(b * kv_heads, s, d)
+    vf = v.transpose(0, 2, 1, 3).reshape(b * kv_heads, s, d)
+    dims = (((2,), (2,)), ((0,), (0,)))
+    logits = jax.lax.dot_general(qf, kf, dims, preferred_element_type=jnp.float32) * scale
+    logits = logits.reshape(b, kv_heads, g, t, s)
     if mask is not None:
         logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv_heads, g * t, s)
+    out = jax.lax.dot_general(probs, vf, (((2,), (1,)), ((0,), (0,))))
+    return out.reshape(b, kv_heads, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 @struct.dataclass
@@ -436,7 +445,7 @@ class Dense(nnx.Module):
         self.dtype = config.dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return dense(x, self.kernel[...], self.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -597,7 +606,7 @@ class Phi3ForCausalLM(nnx.Module):
                 new_v.append(kv[1])
         x = self.norm(x)
         if self.lm_head is None:
-            logits = jnp.einsum("bte,ve->btv", x, self.embed_tokens.embedding[...].astype(c.dtype))
+            logits = dense(x, self.embed_tokens.embedding[...].T, c.dtype)
         else:
             logits = self.lm_head(x)
         new_cache = None

@@ -1,0 +1,41 @@
+"""The VLM's loss on a batch of `c2a_jax.data.vlm`: next-token cross-entropy on answer tokens.
+
+Why one function: training, evaluation of the loss and the benchmarks must agree on the masks.
+The batch already holds shifted targets and their mask, per-segment positions and segment ids
+(packed rows), so this module only builds the attention mask (prefix-LM: full attention inside
+the question, causal in the answer; or causal everywhere, the transformers convention, for models
+meant to run in transformers' LLaVA) and averages the loss over answer tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from c2a_jax.data.vlm import attention_mask
+
+
+def batch_attention_mask(batch: Mapping[str, jax.Array], prefix_attention: str = "full") -> jax.Array:
+    """(B, L, L) visibility for a pipeline batch."""
+    if prefix_attention == "full":
+        mask_ar = batch["mask_ar"]
+    elif prefix_attention == "causal":
+        mask_ar = jnp.ones_like(batch["mask_ar"])
+    else:
+        raise ValueError(f"prefix_attention must be 'full' or 'causal', got {prefix_attention!r}")
+    return attention_mask(batch["input_mask"], mask_ar, batch.get("segment_ids"), xp=jnp)
+
+
+def vlm_loss(model, batch: Mapping[str, jax.Array], prefix_attention: str = "full") -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over answer tokens, and metrics (token accuracy, loss tokens)."""
+    mask = batch_attention_mask(batch, prefix_attention)
+    logits, _ = model(batch["tokens"], batch["images"], attention_mask=mask, positions=batch["positions"])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+    weight = batch["target_mask"].astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0)
+    loss = (nll * weight).sum() / count
+    accuracy = ((jnp.argmax(logits, -1) == batch["targets"]) * weight).sum() / count
+    return loss, {"loss": loss, "token_accuracy": accuracy, "loss_tokens": weight.sum()}
