@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.c2a-installed
+# Other labs' RLDS reading stack, to prove our dataset reads with it (requirements-rlds.txt).
+RLDS_VENV := .venv-rlds
+RLDS_STAMP := $(RLDS_VENV)/.c2a-installed
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cpu" where the
 # torch 2.13.0 CPU wheel is not on the machine already.
 PIP_OPTS ?=
@@ -16,7 +19,7 @@ help:
 	@echo "make test    setup + the whole test suite on CPU"
 	@echo "make lint    ruff"
 
-setup: system $(STAMP) render-check
+setup: system $(STAMP) $(RLDS_STAMP) render-check
 
 system:
 	@tools/setup_system.sh
@@ -33,6 +36,12 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; \
 	if $(PY) -m pip list 2>/dev/null | grep -qi '^mplib '; then echo "mplib must not be installed (numpy 2)"; exit 1; fi; \
 	echo "$$hash" > $(STAMP)
+
+$(RLDS_STAMP): requirements-rlds.txt
+	@test -x $(RLDS_VENV)/bin/python || $(PYTHON) -m venv $(RLDS_VENV)
+	@echo "venv: installing the reference RLDS reader (TF 2.15 + rlds) into $(RLDS_VENV)"
+	@$(RLDS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(PIP_OPTS) -r requirements-rlds.txt
+	@touch $(RLDS_STAMP)
 
 render-check: $(STAMP)
 	@$(PY) -m c2a_jax.sim.render_check
@@ -55,4 +64,4 @@ lock: $(STAMP)
 	   $(PY) -m pip freeze --exclude-editable | sed 's|^torch @ .*|torch==2.13.0|' ) > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) $(RLDS_VENV) .pytest_cache .hypothesis .ruff_cache

@@ -23,6 +23,7 @@ Per-core rates divide by the machine's cores (tf.data and the prefetch thread us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -44,7 +45,8 @@ def make_dataset(workdir: str, episodes: int, image_size: int) -> str:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     from data_pipelines import build_rlds
 
-    return os.fspath(build_rlds.build(demos, os.path.join(workdir, "rlds"), progress=False).data_dir)
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress; stdout is for the JSON
+        return os.fspath(build_rlds.build(demos, os.path.join(workdir, "rlds"), progress=False).data_dir)
 
 
 def timed(iterator, seconds: float, count) -> dict:

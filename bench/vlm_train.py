@@ -40,18 +40,23 @@ def pipeline_batch(batch_size: int, max_length: int, image_size: int, patch_size
     return next(iter(batches)), tok
 
 
-def _median_step(step, steps: int) -> float:
-    step()
-    step()
-    times = []
+def _interleaved_medians(steps_a, steps_b, steps: int) -> tuple[float, float]:
+    """Median step times of two step functions, timed alternately (A, B, A, B, ...) so that load
+    from elsewhere on a shared machine falls on both alike."""
+    for _ in range(2):
+        steps_a()
+        steps_b()
+    times_a, times_b = [], []
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((steps_a, times_a), (steps_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
-def ours(batch: dict, tok, image_size: int, patch_size: int, steps: int) -> float:
+def ours(batch: dict, tok, image_size: int, patch_size: int):
+    """Our train step as a no-argument callable."""
     import jax
     import optax
     from flax import nnx
@@ -77,10 +82,11 @@ def ours(batch: dict, tok, image_size: int, patch_size: int, steps: int) -> floa
         holder["state"], loss = step_fn(holder["state"], device_batch)
         loss.block_until_ready()
 
-    return _median_step(step, steps)
+    return step
 
 
-def transformers_step(batch: dict, tok, image_size: int, patch_size: int, steps: int) -> float:
+def transformers_step(batch: dict, tok, image_size: int, patch_size: int):
+    """transformers' train step as a no-argument callable."""
     import tempfile
 
     import torch
@@ -105,7 +111,7 @@ def transformers_step(batch: dict, tok, image_size: int, patch_size: int, steps:
         out.loss.backward()
         optimizer.step()
 
-    return _median_step(step, steps)
+    return step
 
 
 def main(argv=None) -> int:
@@ -119,8 +125,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
     real = int(batch["input_mask"].sum())
-    t_ours = ours(batch, tok, args.image_size, args.patch_size, args.steps)
-    t_hf = transformers_step(batch, tok, args.image_size, args.patch_size, args.steps)
+    t_ours, t_hf = _interleaved_medians(ours(batch, tok, args.image_size, args.patch_size),
+                                        transformers_step(batch, tok, args.image_size, args.patch_size), args.steps)  # fmt: skip
     import torch
 
     result = {

@@ -174,6 +174,55 @@ def test_statistics_file(built):
     assert rlds.compute_statistics(built) == stats  # the standalone function, from the directory
 
 
+RLDS_VENV_PYTHON = os.path.join(ROOT, ".venv-rlds", "bin", "python")
+# Runs under other labs' reading stack (TF 2.15, TFDS 4.9.4, rlds 0.1.8; requirements-rlds.txt), not ours.
+RLDS_READER = """
+import json
+import tensorflow as tf
+tf.config.set_visible_devices([], "GPU")
+import tensorflow_datasets as tfds
+import rlds
+from rlds import transformations as T
+
+builder = tfds.builder_from_directory(DATA_DIR)
+episodes = builder.as_dataset(split="train")
+lengths = [int(T.episode_length(ep[rlds.STEPS])) for ep in episodes]
+reward = float(T.sum_nested_steps(episodes, lambda step: step[rlds.REWARD]))
+
+def fields(step):
+    valid = tf.logical_not(step[rlds.IS_LAST])  # the last step carries no action
+    return {"action": step[rlds.ACTION]}, {"action": valid}
+
+mean, std = T.mean_and_std(episodes, fields)
+firsts = [bool(s[rlds.IS_FIRST]) for s in T.batch(next(iter(episodes))[rlds.STEPS], size=1).unbatch()]
+print("REPORT" + json.dumps({"versions": [tf.__version__, tfds.__version__], "lengths": lengths, "reward": reward,
+                             "mean": [float(x) for x in mean["action"]], "std": [float(x) for x in std["action"]],
+                             "firsts": firsts}))
+"""
+
+
+def test_readable_with_the_rlds_package(built):
+    """Another lab's stack (rlds needs dm-reverb, which needs TF <= 2.15) reads the dataset and its
+    rlds transformations agree with our statistics."""
+    assert os.path.exists(RLDS_VENV_PYTHON), "make setup builds .venv-rlds (requirements-rlds.txt)"
+    code = textwrap.dedent(RLDS_READER).replace("DATA_DIR", repr(built))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([RLDS_VENV_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    assert report["versions"][0].startswith("2.15")
+    with open(os.path.join(built, rlds.STATISTICS_FILE)) as f:
+        stats = json.load(f)
+    assert sum(report["lengths"]) == stats["num_steps"] and len(report["lengths"]) == stats["num_trajectories"]
+    np.testing.assert_allclose(report["mean"], stats["action"]["mean"], atol=1e-5)
+    n = stats["num_transitions"]  # rlds reports the sample std (n - 1), our file the population std
+    np.testing.assert_allclose(report["std"], np.array(stats["action"]["std"]) * np.sqrt(n / (n - 1)), atol=1e-4)
+    assert report["firsts"][0] and not any(report["firsts"][1:])
+    builder = tfds.builder_from_directory(built)
+    (episode,) = tfds.as_numpy(builder.as_dataset(split="train"))
+    assert report["reward"] == pytest.approx(float(sum(s["reward"] for s in episode["steps"])), rel=1e-5)
+
+
 def _broken_copy(demos: str, tmp_path) -> tuple[str, str]:
     copy = str(tmp_path / "demos")
     shutil.copytree(demos, copy)
