@@ -207,7 +207,9 @@ def test_readable_with_the_rlds_package(built):
     assert os.path.exists(RLDS_VENV_PYTHON), "make setup builds .venv-rlds (requirements-rlds.txt)"
     code = textwrap.dedent(RLDS_READER).replace("DATA_DIR", repr(built))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([RLDS_VENV_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env)
+    result = subprocess.run(
+        [RLDS_VENV_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     assert report["versions"][0].startswith("2.15")
