@@ -155,6 +155,11 @@ class ClevrSkillsEnv(BaseEnv):
         self.agent.robot.set_qvel(torch.zeros((1, len(robot_lib.REST_QPOS))))
         self.agent.robot.set_pose(robot_lib.BASE_POSE)
         self.agent.controller.reset()
+        # Contacts of the previous episode's scene must not reach this one's first sub-step (the
+        # vacuum reads them): episodes then depend on their seed alone, not on what ran before.
+        self.last_substep_contacts = []
+        self.step_contacts = []
+        self._tables = None
         self.agent.vacuum.contacts = lambda: self.last_substep_contacts
         self.task.restore_placement()
         self.task.initialize()
@@ -211,6 +216,9 @@ class ClevrSkillsEnv(BaseEnv):
             impulse = np.sum([p.impulse for p in points], axis=0)
             position = np.mean([p.position for p in points], axis=0)
             contacts.append(Contact(body_id(a), body_id(b), a, b, impulse, position))
+        # PhysX lists contact pairs in an order that depends on what the process simulated before;
+        # a fixed order keeps the vacuum's force sums (and so the episode) a function of the seed.
+        contacts.sort(key=lambda c: (c.id_a, c.id_b, *c.position.tolist()))
         self.last_substep_contacts = contacts
         self.step_contacts.append(contacts)
 
