@@ -39,3 +39,25 @@ def vlm_loss(model, batch: Mapping[str, jax.Array], prefix_attention: str = "ful
     loss = (nll * weight).sum() / count
     accuracy = ((jnp.argmax(logits, -1) == batch["targets"]) * weight).sum() / count
     return loss, {"loss": loss, "token_accuracy": accuracy, "loss_tokens": weight.sum()}
+
+
+def make_loss_fn(prefix_attention: str = "full"):
+    """`vlm_loss` in the shared loop's ``loss_fn(model, batch, rng)`` form (the VLM uses no
+    randomness in its loss). For gradient accumulation set ``train.accum_weight_key =
+    "loss_tokens"``: microbatches are then weighted by their answer tokens, which makes them
+    exactly one big batch's token-mean loss."""
+    if prefix_attention not in ("full", "causal"):
+        raise ValueError(f"prefix_attention must be 'full' or 'causal', got {prefix_attention!r}")
+
+    def loss_fn(model, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        del rng
+        return vlm_loss(model, batch, prefix_attention)
+
+    return loss_fn
+
+
+def batch_counts(batch: Mapping) -> dict[str, float]:
+    """The loop's ``count_fn`` for VLM batches: rows and token positions processed (padding
+    included: the device computes it, and MFU counts what was computed)."""
+    tokens = batch["tokens"]
+    return {"examples": float(tokens.shape[0]), "tokens": float(tokens.shape[0] * tokens.shape[1])}
