@@ -95,7 +95,19 @@ def test_required_placeholder_must_be_set(tmp_path):
     assert config.workdir == str(tmp_path)
 
 
-@pytest.mark.parametrize("script", ["train_vlm.py", "train_dp.py", "evaluate.py"])
+def test_train_vlm_answers_help_and_names_a_missing_dataset(tmp_path):
+    help_out = subprocess.run([sys.executable, "train_vlm.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    assert help_out.returncode == 0 and "--config" in help_out.stdout and "dataset_dir" in help_out.stdout
+    missing = tmp_path / "no_dataset"
+    run = subprocess.run([sys.executable, "train_vlm.py", f"--config.workdir={tmp_path / 'w'}",
+                          f"--config.data.dataset_dir={missing}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 2 and str(missing) in run.stderr and "Traceback" not in run.stderr
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["data"]["dataset_dir"] == str(missing)
+
+
+@pytest.mark.parametrize("script", ["train_dp.py", "evaluate.py"])
 def test_entry_points_answer_help_and_write_the_resolved_config(script, tmp_path):
     help_out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert help_out.returncode == 0, help_out.stderr

@@ -6,8 +6,8 @@ Command:
 `get_config(arg)` takes an optional comma-separated `key=value` list for the common sweeps,
 e.g. `configs/vlm/tiny.py:level=level1,image_size=128`.
 
-Expected result: arrives with step 5 (issue #6); until then the entry point checks and writes the
-resolved config and says what is missing.
+Expected result: the loss falls and eval/exact_match rises on the demo dataset (numbers in the README
+once measured); checkpoints in <workdir>/checkpoints, metrics in <workdir>/metrics.jsonl.
 """
 
 import ml_collections
@@ -50,6 +50,16 @@ def get_config(arg=None):
     c.model.mlp_ratio = 4
     c.model.dtype = "float32"
     c.model.remat = False
+    c.model.prefix_attention = "full"  # big_vision prefix-LM; 'causal' for models meant for transformers
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # every device: FSDP over parameters and batch
+    c.mesh.tensor = 1
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.examples = 32  # validation code examples decoded greedily for exact match (0: off)
+    c.eval.max_new_tokens = 96
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16
@@ -59,5 +69,6 @@ def get_config(arg=None):
     c.train.weight_decay = 0.0
     c.train.grad_clip = 1.0
     c.train.log_every = 50
+    c.train.eval_every = 500
     c.train.checkpoint_every = 500
     return c
