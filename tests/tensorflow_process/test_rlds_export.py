@@ -294,3 +294,19 @@ def test_split_assignment_is_deterministic_and_about_five_percent():
 )
 def test_task_levels(task, args, level):
     assert rlds.task_level(task, args) == level
+
+
+def test_tfds_build_command_line(demos, tmp_path):
+    """`tfds build` on the builder directory (the CLI of TFDS 4.9.4 in .venv-rlds; 4.9.10's CLI imports
+    apache-beam at start-up) writes a dataset that our TFDS reads, with its statistics file."""
+    tfds_cli = os.path.join(ROOT, ".venv-rlds", "bin", "tfds")
+    assert os.path.exists(tfds_cli), "make setup builds .venv-rlds (requirements-rlds.txt)"
+    cmd = [tfds_cli, "build", os.path.join(ROOT, "data_pipelines", "clevrskills_rlds"), "--config", "panda_vacuum",
+           "--manual_dir", demos, "--data_dir", str(tmp_path)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data_dir = os.path.join(str(tmp_path), VERSION_DIR)
+    builder = tfds.builder_from_directory(data_dir)
+    assert builder.info.splits["train"].num_examples + builder.info.splits["val"].num_examples == 2
+    assert os.path.exists(os.path.join(data_dir, rlds.STATISTICS_FILE))
