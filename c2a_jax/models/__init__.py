@@ -17,9 +17,37 @@ Logical axis names used by the models:
 ``kv``           key/value heads x head_dim, flattened
 ``norm``         a normalisation scale or bias
 ``patch``        flattened conv patch (kernel height x width x channels)
-``position``     learned position-embedding rows
+``position``     learned rows indexed by position: position embeddings, T5's relative-position
+                 buckets, the attention pool's learned queries
 ``layers``       stacked (scanned) layers, when a model scans its blocks
+``num_heads``    attention heads, not flattened (T5's relative-position bias table)
+``conv_in``      a convolution kernel's input channels (ResNet, 1-D UNet)
+``conv_out``     a convolution's output channels (kernel, bias, FiLM scale/bias)
+``window``       a convolution kernel's spatial/temporal taps
+``time``         the diffusion-step embedding width
+``cond``         the UNet's global conditioning width (step embedding + observation vector)
+``features``     the input width of a projection into the policy's token width (T5 width,
+                 camera feature, proprioception, keypoints)
 ==============  ==========================================================================
 """
 
-LOGICAL_AXES = ("vocab", "embed", "mlp", "mlp_fused", "qkv_fused", "heads", "kv", "norm", "patch", "position", "layers")
+LOGICAL_AXES = (
+    "vocab",
+    "embed",
+    "mlp",
+    "mlp_fused",
+    "qkv_fused",
+    "heads",
+    "kv",
+    "norm",
+    "patch",
+    "position",
+    "layers",
+    "num_heads",
+    "conv_in",
+    "conv_out",
+    "window",
+    "time",
+    "cond",
+    "features",
+)

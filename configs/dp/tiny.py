@@ -37,13 +37,25 @@ def get_config(arg=None):
     c.data.normalize_gripper = False  # the vacuum command stays binary
     c.data.shuffle_size = 4096  # frames in the shuffle buffer
 
+    # c2a_jax.models.policy.PolicyConfig.from_config reads this section (paper scale: down_dims
+    # (256, 512, 1024), diffusion_step_embed_dim 128, resnet_widths (64, 128, 256, 512), T5 width).
     c.model = ml_collections.ConfigDict()
+    c.model.observation = "image"  # or 'lowdim' (object + robot state vector instead of cameras)
+    c.model.lowdim_dim = 0  # width of the lowdim observation vector (observation='lowdim')
+    c.model.resnet_widths = (16, 32, 64, 128)  # ResNet-18 topology at a quarter of its width
+    c.model.image_head = "avgpool"  # or 'spatial_softmax' (robomimic keypoints)
+    c.model.text_width = 64  # T5 d_model; must match t5_checkpoint's (512 t5-small, 768 flan-t5-base)
+    c.model.t5_checkpoint = ""  # Hugging Face T5 directory; empty: a random frozen T5 of text_width
     c.model.down_dims = (32, 64, 128)
     c.model.kernel_size = 5
     c.model.n_groups = 8
     c.model.diffusion_step_embed_dim = 64
+    c.model.cond_predict_scale = True  # FiLM scale and bias (diffusion_policy's image configs)
+    c.model.film_identity_init = True  # FiLM scale starts at 1
     c.model.pool_width = 64
     c.model.pool_layers = 2
+    c.model.pool_heads = 4
+    c.model.pool_queries = 1
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_train_timesteps = 100
