@@ -43,6 +43,7 @@ from c2a_jax.convert.safetensors_io import (
     load_state_dict,
     save_state_dict,
 )
+from c2a_jax.convert.state import module_from_state
 from c2a_jax.fileio import atomic_write_text
 from c2a_jax.models.clip import ClipVisionConfig, ClipVisionModel
 
@@ -155,16 +156,7 @@ def clip_vision_to_state(
 
 def clip_vision_model_from_state(config: ClipVisionConfig, state: Mapping[StatePath, np.ndarray]) -> ClipVisionModel:
     """A `ClipVisionModel` holding `state` (from `clip_vision_to_state`), built without random init."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: ClipVisionModel(config, rngs=nnx.Rngs(0))))
-    flat = list(nnx.to_flat_state(abstract))
-    check_keys({_show(p) for p, _ in flat}, {_show(p) for p in state}, "CLIP vision state")
-    filled = []
-    for path, variable in flat:
-        value = state[path]
-        if tuple(value.shape) != tuple(variable.shape):
-            raise CheckpointError(f"state {_show(path)}: shape {tuple(value.shape)}, model expects {variable.shape}")
-        filled.append((path, variable.replace(jnp.asarray(value, dtype=variable.dtype))))
-    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+    return module_from_state(lambda: ClipVisionModel(config, rngs=nnx.Rngs(0)), state, "CLIP vision state")
 
 
 def clip_vision_from_state(model: ClipVisionModel, prefix: str = "", dtype=None) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from c2a_jax.convert.safetensors_io import CheckpointError, check_keys, load_state_dict
+from c2a_jax.convert.state import module_from_state
 from c2a_jax.models.t5 import T5Config, T5EncoderModel
 
 StatePath = tuple[str | int, ...]
@@ -99,16 +100,7 @@ def _show(path: StatePath) -> str:
 
 def t5_encoder_from_state(config: T5Config, state: Mapping[StatePath, np.ndarray]) -> T5EncoderModel:
     """A `T5EncoderModel` holding `state`, built without random initialisation."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: T5EncoderModel(config, rngs=nnx.Rngs(0))))
-    flat = list(nnx.to_flat_state(abstract))
-    check_keys({_show(p) for p, _ in flat}, {_show(p) for p in state}, "T5 encoder state")
-    filled = []
-    for path, variable in flat:
-        value = state[path]
-        if tuple(value.shape) != tuple(variable.shape):
-            raise CheckpointError(f"state {_show(path)}: shape {tuple(value.shape)}, model expects {variable.shape}")
-        filled.append((path, variable.replace(jnp.asarray(value, dtype=variable.dtype))))
-    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+    return module_from_state(lambda: T5EncoderModel(config, rngs=nnx.Rngs(0)), state, "T5 encoder state")
 
 
 def load_t5_encoder(path_or_dir: str | os.PathLike, **options) -> tuple[T5Config, T5EncoderModel]:
