@@ -86,7 +86,7 @@ def vlm_pipeline_rate(dataset: str, image_size: int, batch_size: int, seconds: f
     batches = iterators.prefetch(batches, 4)
     out = timed(batches, seconds, lambda b: int(b["input_mask"].sum()))
     out["batch"] = next(batches)
-    out["vocab_size"], out["image_token_id"] = tok.tok.vocab_size, tok.tok.image_id
+    out["tokenizer"] = tok.tok
     return out
 
 
@@ -159,28 +159,20 @@ def dp_standin_step_rate(image_size: int, batch_size: int, seconds: float) -> di
     return timed(steps(), seconds, lambda n: n)
 
 
-def tiny_llava(vocab_size: int, image_token_id: int, image_size: int, patch_size: int):
-    """The tiny VLM of configs/vlm/tiny.py (its model section), random weights."""
+def tiny_llava(tokenizer, image_size: int, patch_size: int):
+    """The tiny VLM of configs/vlm/tiny.py (its model section, as train_vlm.py builds it), random weights."""
     from flax import nnx
 
     from c2a_jax.config import load_config_file
-    from c2a_jax.models.clip import ClipVisionConfig
-    from c2a_jax.models.llava import LlavaConfig, LlavaForConditionalGeneration
-    from c2a_jax.models.phi3 import Phi3Config
+    from c2a_jax.models.llava import LlavaForConditionalGeneration
+    from c2a_jax.train.vlm_task import llava_config
 
     m = load_config_file(os.path.join(ROOT, "configs", "vlm", "tiny.py")).model
-    vision = ClipVisionConfig(hidden_size=m.vision_width, intermediate_size=m.vision_width * m.mlp_ratio,
-                              num_hidden_layers=m.vision_layers, num_attention_heads=m.vision_heads,
-                              image_size=image_size, patch_size=patch_size)  # fmt: skip
-    text = Phi3Config(vocab_size=vocab_size, hidden_size=m.text_width, intermediate_size=m.text_width * m.mlp_ratio,
-                      num_hidden_layers=m.text_layers, num_attention_heads=m.text_heads,
-                      num_key_value_heads=m.text_kv_heads, max_position_embeddings=4096,
-                      original_max_position_embeddings=4096)  # fmt: skip
-    return LlavaForConditionalGeneration(LlavaConfig(vision, text, image_token_id), rngs=nnx.Rngs(0))
+    m.patch_size = patch_size
+    return LlavaForConditionalGeneration(llava_config(m, image_size, tokenizer), rngs=nnx.Rngs(0))
 
 
-def vlm_step_rate(batch: dict, vocab_size: int, image_token_id: int, image_size: int, patch_size: int,
-                  seconds: float) -> dict:  # fmt: skip
+def vlm_step_rate(batch: dict, tokenizer, image_size: int, patch_size: int, seconds: float) -> dict:
     """Real (non-pad) tokens per second through the tiny VLM's train step on a pipeline batch."""
     import jax
     import optax
@@ -188,7 +180,7 @@ def vlm_step_rate(batch: dict, vocab_size: int, image_token_id: int, image_size:
 
     from c2a_jax.train.vlm_loss import vlm_loss
 
-    model = tiny_llava(vocab_size, image_token_id, image_size, patch_size)
+    model = tiny_llava(tokenizer, image_size, patch_size)
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 
@@ -231,8 +223,7 @@ def main(argv=None) -> int:
         vlm_pipe = vlm_pipeline_rate(dataset, args.image_size, args.batch_size, args.seconds, num_image_tokens,
                                      args.max_length)  # fmt: skip
     dp_step = dp_standin_step_rate(args.image_size, args.batch_size, args.seconds)
-    vlm_step = vlm_step_rate(vlm_pipe["batch"], vlm_pipe["vocab_size"], vlm_pipe["image_token_id"], args.image_size,
-                             args.patch_size, args.seconds)  # fmt: skip
+    vlm_step = vlm_step_rate(vlm_pipe["batch"], vlm_pipe["tokenizer"], args.image_size, args.patch_size, args.seconds)
     result = {
         "machine_cores": cores,
         "dp": {

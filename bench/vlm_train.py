@@ -64,7 +64,7 @@ def ours(batch: dict, tok, image_size: int, patch_size: int):
     from bench.data import tiny_llava
     from c2a_jax.train.vlm_loss import vlm_loss
 
-    model = tiny_llava(tok.vocab_size, tok.image_id, image_size, patch_size)
+    model = tiny_llava(tok, image_size, patch_size)
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3, weight_decay=0.01), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 

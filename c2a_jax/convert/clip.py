@@ -43,11 +43,9 @@ from c2a_jax.convert.safetensors_io import (
     load_state_dict,
     save_state_dict,
 )
-from c2a_jax.convert.state import module_from_state
+from c2a_jax.convert.state import StatePath, module_from_state
 from c2a_jax.fileio import atomic_write_text
 from c2a_jax.models.clip import ClipVisionConfig, ClipVisionModel
-
-StatePath = tuple[str | int, ...]
 
 # The tensor every CLIP vision tower has and no text tower has: it locates the tower's prefix.
 _ANCHOR = "embeddings.patch_embedding.weight"

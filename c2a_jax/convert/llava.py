@@ -52,10 +52,9 @@ from c2a_jax.convert.safetensors_io import (
     load_state_dict,
     save_state_dict,
 )
+from c2a_jax.convert.state import StatePath
 from c2a_jax.fileio import atomic_write_text
 from c2a_jax.models.llava import LlavaConfig, LlavaForConditionalGeneration
-
-StatePath = tuple[str | int, ...]
 
 
 @dataclasses.dataclass(frozen=True)

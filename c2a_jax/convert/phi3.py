@@ -28,10 +28,9 @@ from c2a_jax.convert.safetensors_io import (
     load_state_dict,
     save_state_dict,
 )
+from c2a_jax.convert.state import StatePath
 from c2a_jax.fileio import atomic_write_text
 from c2a_jax.models.phi3 import Phi3Config, Phi3ForCausalLM
-
-StatePath = tuple[str | int, ...]
 
 
 def hf_key_map(config: Phi3Config) -> dict[str, tuple[StatePath, bool]]:

@@ -28,10 +28,8 @@ import numpy as np
 from flax import nnx
 
 from c2a_jax.convert.safetensors_io import CheckpointError, check_keys, load_state_dict
-from c2a_jax.convert.state import module_from_state
+from c2a_jax.convert.state import StatePath, module_from_state
 from c2a_jax.models.t5 import T5Config, T5EncoderModel
-
-StatePath = tuple[str | int, ...]
 
 EMBED_ALIAS = "encoder.embed_tokens.weight"
 _SKIPPED_PREFIXES = ("decoder.",)

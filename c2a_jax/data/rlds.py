@@ -48,16 +48,15 @@ def open_dataset(data_dir: str | os.PathLike):
     path = os.fspath(data_dir)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"dataset directory {path} does not exist (build it with data_pipelines/build_rlds.py)")
-    candidates = [path]
-    for root, _dirs, files in os.walk(path):
-        if "dataset_info.json" in files:
-            candidates.append(root)
-    for candidate in candidates:
-        if os.path.exists(os.path.join(candidate, "dataset_info.json")):
-            try:
-                return tfds.builder_from_directory(candidate)
-            except Exception as e:  # noqa: BLE001  (TFDS raises many kinds; name the path instead)
-                raise ValueError(f"cannot open the RLDS dataset in {candidate}: {e}") from e
+    if os.path.exists(os.path.join(path, "dataset_info.json")):
+        candidate = path
+    else:  # a directory above the version directory: the first one below it, in walk order
+        candidate = next((root for root, _, files in os.walk(path) if "dataset_info.json" in files), None)
+    if candidate is not None:
+        try:
+            return tfds.builder_from_directory(candidate)
+        except Exception as e:  # noqa: BLE001  (TFDS raises many kinds; name the path instead)
+            raise ValueError(f"cannot open the RLDS dataset in {candidate}: {e}") from e
     raise FileNotFoundError(f"no dataset_info.json under {path}: not a built TFDS dataset")
 
 

@@ -161,11 +161,10 @@ def corpus_lines(seeds: Sequence[int] = range(6), progress: bool = True) -> list
     import c2a_jax.sim.env  # noqa: F401  (registers ClevrSkills-v0)
     from c2a_jax.data.grid import grid_questions
     from c2a_jax.data.labels import LEVELS, step_labels
-    from c2a_jax.data.vlm import code_question
-    from c2a_jax.sim.objects import ALL_SHAPES, COLOURS
+    from c2a_jax.data.vlm import code_question, default_object_names
     from c2a_jax.sim.rollout import record_oracle_episode
 
-    names = sorted(f"{c} {s}" for c in COLOURS for s in ALL_SHAPES)
+    names = default_object_names()
     seen: dict[str, None] = {}
     jobs = [(task, args, seed) for task, args in CORPUS_TASKS for seed in seeds]
     if progress:

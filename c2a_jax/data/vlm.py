@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from c2a_jax.codeapi.keysteps import is_keystep
 from c2a_jax.data.grid import MISSING, sample_grid_questions
 from c2a_jax.data.iterators import batched, shuffle_buffer
 from c2a_jax.data.labels import episode_labels, shift_labels
@@ -120,8 +119,6 @@ def episode_examples(
         label = labels[t]
         request = rng.random() < config.keystep_request_fraction
         answer = label.instruction if request else label.code
-        if not is_keystep(label.instruction):  # a broken label would teach nonsense: fail loudly
-            raise ValueError(f"{source}: running call {label.instruction!r} is not code")
         prompt = prompts[int(rng.integers(len(prompts)))]
         kind = "keystep" if request else "code"
         out.append(VlmExample(image, answer, kind, prompt=prompt, memory=label.memory, source=source))
