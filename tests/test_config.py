@@ -44,8 +44,8 @@ def test_tuple_overrides_take_literals_and_comma_lists():
     apply_override(config, "tasks", "PlaceNextTo,Push")
     assert config.tasks == ("PlaceNextTo", "Push")
     dp = load_config_file(os.path.join(ROOT, "configs", "dp", "tiny.py"))
-    apply_override(dp, "train.betas", "(0.9, 0.99)")
-    assert dp.train.betas == (0.9, 0.99)
+    apply_override(dp, "model.down_dims", "(16, 32)")
+    assert dp.model.down_dims == (16, 32)
 
 
 @pytest.mark.parametrize(

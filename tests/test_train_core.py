@@ -352,3 +352,32 @@ def test_resumable_passes_native_sources_through():
     assert isinstance(wrapped, CountingIterator) and next(wrapped) == 1
     with pytest.raises(TypeError, match="make_batches"):
         resumable(42)
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained weights at a fresh start
+
+
+def test_init_params_replace_random_values_and_are_checked(tmp_path):
+    from c2a_jax.train.loop import restore_checkpoint, train
+    from tests.train_fixtures import mlp_loss_fn
+
+    c = ml_collections.ConfigDict()
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.sharding = ml_collections.ConfigDict({"min_fsdp_bytes": 0})
+    c.train = ml_collections.ConfigDict(dict(steps=1, learning_rate=0.0, tensorboard=False, progress=False,
+                                             async_checkpoint=False, log_every=1))  # fmt: skip
+    pretrained = {"w1": np.full((8, 32), 0.25, np.float32), "w2": np.arange(64, dtype=np.float32).reshape(32, 2)}
+    train(c, workdir=str(tmp_path / "run"), model_fn=mlp, loss_fn=mlp_loss_fn, make_batches=mlp_batches,
+          init_params=lambda: dict(pretrained))  # fmt: skip
+    state, _, _ = restore_checkpoint(str(tmp_path / "run"), mlp)
+    params = nnx.to_pure_dict(jax.device_get(state.params))
+    np.testing.assert_array_equal(params["w1"], pretrained["w1"])  # learning rate 0: still the loaded values
+    np.testing.assert_array_equal(params["w2"], pretrained["w2"])
+    np.testing.assert_array_equal(params["b1"], np.zeros(32))  # left out: its own initialisation
+    with pytest.raises(ValueError, match="lacks"):
+        train(c, workdir=str(tmp_path / "bad"), model_fn=mlp, loss_fn=mlp_loss_fn, make_batches=mlp_batches,
+              init_params=lambda: {"w3": np.zeros(3)})  # fmt: skip
+    with pytest.raises(ValueError, match="wrong shape"):
+        train(c, workdir=str(tmp_path / "bad2"), model_fn=mlp, loss_fn=mlp_loss_fn, make_batches=mlp_batches,
+              init_params=lambda: {"w1": np.zeros((32, 8))})  # fmt: skip

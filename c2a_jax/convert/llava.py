@@ -55,6 +55,7 @@ from c2a_jax.convert.safetensors_io import (
 from c2a_jax.convert.state import StatePath
 from c2a_jax.fileio import atomic_write_text
 from c2a_jax.models.llava import LlavaConfig, LlavaForConditionalGeneration
+from c2a_jax.models.lora import fresh_adapters, is_adapter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +159,14 @@ def _float32(key: str, array: np.ndarray, source: str) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
-def llava_from_state_dict(
+def llava_params_from_state_dict(
     config: LlavaConfig, tensors: Mapping[str, np.ndarray], source: str = "state dict"
-) -> tuple[LlavaConfig, LlavaForConditionalGeneration]:
-    """Build the model from HF tensors in any layout of the module docstring; returns the config
-    (unchanged unless the checkpoint unties a tied head, see below) and the model.
+) -> tuple[LlavaConfig, dict[StatePath, np.ndarray]]:
+    """The model's parameters from HF tensors in any layout of the module docstring, as host arrays
+    {state path: array} in the parameter dtype, without building the model (what a training run
+    starting from pretrained weights feeds to its sharded init). LoRA adapters, which no checkpoint
+    holds, are left out. Returns the config (unchanged unless the checkpoint unties a tied head,
+    see below) and the arrays.
 
     Raises `CheckpointError` naming missing or unexpected keys and any tensor whose shape does not fit.
     A tied config whose checkpoint also holds an LM head different from the embedding loads untied,
@@ -183,12 +187,12 @@ def llava_from_state_dict(
             config = dataclasses.replace(config, text=dataclasses.replace(config.text, tie_word_embeddings=False))
     check_keys(expected_keys(config, layout), found, source)
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LlavaForConditionalGeneration(config, rngs=nnx.Rngs(0))))
-    flat = list(nnx.to_flat_state(abstract))
+    abstract = nnx.state(nnx.eval_shape(lambda: LlavaForConditionalGeneration(config, rngs=nnx.Rngs(0))))
+    flat = [(path, var) for path, var in nnx.to_flat_state(abstract) if not is_adapter(path)]
     shapes = {path: tuple(var.get_value().shape) for path, var in flat}
     dtypes = {path: var.get_value().dtype for path, var in flat}
     # converted one tensor at a time into the parameter dtype (no second float32 copy of the whole model)
-    values: dict[StatePath, jax.Array] = {}
+    values: dict[StatePath, np.ndarray] = {}
     for key, path, transpose in _text_table(config, layout):
         array = tensors[key]
         want = shapes[path][::-1] if transpose else shapes[path]
@@ -199,7 +203,7 @@ def llava_from_state_dict(
                 f"{t.hidden_size}, heads {t.num_attention_heads}, kv heads {t.num_key_value_heads}, vocab {t.vocab_size})"
             )
         array = _float32(key, array, source)
-        values[path] = jnp.asarray(array.T if transpose else array, dtype=dtypes[path])
+        values[path] = np.asarray(array.T if transpose else array, dtype=dtypes[path])
     for key, path, transpose, hf_shape in _projector_table(config):
         array = tensors[layout.projector + key]
         if tuple(array.shape) != hf_shape:
@@ -209,25 +213,37 @@ def llava_from_state_dict(
                 f"feature layers -> text width {config.text.hidden_size})"
             )
         array = _float32(layout.projector + key, array, source)
-        values[path] = jnp.asarray(array.T if transpose else array, dtype=dtypes[path])
+        values[path] = np.asarray(array.T if transpose else array, dtype=dtypes[path])
     try:
         vision = clip_vision_to_state(tensors, config.vision, layout.vision)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from e
     for path, array in vision.items():
         full = ("vision_tower", *path)
-        values[full] = jnp.asarray(array, dtype=dtypes[full])
+        values[full] = np.asarray(array, dtype=dtypes[full])
 
     if set(values) != set(shapes):  # the tables and the model disagree: a bug here, not in the checkpoint
         raise AssertionError(
             f"llava mapping tables do not cover the model: {sorted(set(values) ^ set(shapes), key=str)}"
         )
-    filled = []
-    for path, variable in flat:
-        value = values[path]
+    for path, value in values.items():
         if tuple(value.shape) != shapes[path]:
             raise AssertionError(f"llava mapping gives {path} shape {value.shape}, the model has {shapes[path]}")
-        filled.append((path, variable.replace(value)))
+    return config, values
+
+
+def llava_from_state_dict(
+    config: LlavaConfig, tensors: Mapping[str, np.ndarray], source: str = "state dict"
+) -> tuple[LlavaConfig, LlavaForConditionalGeneration]:
+    """Build the model from HF tensors (`llava_params_from_state_dict`, whose errors it raises);
+    LoRA adapters of a ``lora_rank`` config start fresh (`c2a_jax.models.lora.fresh_adapters`).
+    Returns the config (untied where the checkpoint says so) and the model."""
+    config, values = llava_params_from_state_dict(config, tensors, source)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LlavaForConditionalGeneration(config, rngs=nnx.Rngs(0))))
+    flat = list(nnx.to_flat_state(abstract))
+    adapters = fresh_adapters(flat, config.text.lora_rank)
+    filled = [(path, variable.replace(adapters[path] if path in adapters else jnp.asarray(values[path])))
+              for path, variable in flat]  # fmt: skip
     return config, nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 

@@ -30,6 +30,7 @@ from c2a_jax.convert.safetensors_io import (
 )
 from c2a_jax.convert.state import StatePath
 from c2a_jax.fileio import atomic_write_text
+from c2a_jax.models.lora import fresh_adapters
 from c2a_jax.models.phi3 import Phi3Config, Phi3ForCausalLM
 
 
@@ -65,9 +66,12 @@ def phi3_from_state_dict(
     graphdef, state = nnx.split(abstract)
     shapes = {path: var.get_value().shape for path, var in nnx.to_flat_state(state)}
     paths = {path for path, _ in table.values()}
+    flat = list(nnx.to_flat_state(state))
+    adapters = fresh_adapters(flat, config.lora_rank)  # LoRA parameters no checkpoint holds
+    paths |= set(adapters)
     if set(shapes) != paths:  # the table and the model disagree: a bug here, not in the checkpoint
         raise AssertionError(f"phi3 mapping table does not cover the model: {sorted(set(shapes) ^ paths, key=str)}")
-    values: dict[StatePath, jax.Array] = {}
+    values: dict[StatePath, jax.Array] = dict(adapters)
     for key, (path, transpose) in table.items():
         array = tensors[prefix + key]
         want = shapes[path][::-1] if transpose else shapes[path]
@@ -112,6 +116,11 @@ def hf_state_dict(
     config: Phi3Config, model: Phi3ForCausalLM, prefix: str = "", dtype: Any = None
 ) -> dict[str, np.ndarray]:
     """The model's parameters as HF tensors (PyTorch layout), cast to `dtype` (default: as stored)."""
+    if config.lora_rank:
+        raise ValueError(
+            "this Phi-3 has LoRA adapters, which Hugging Face's Phi-3 cannot hold: fold them in first with "
+            "c2a_jax.models.lora.merge_lora"
+        )
     flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = {}
     for key, (path, transpose) in hf_key_map(config).items():

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx, struct
 
 from c2a_jax.models.layers import dense
+from c2a_jax.models.lora import LORA_TARGETS
 
 # transformers' Phi-3 maps the legacy names "su" and "yarn" onto longrope (configuration_phi3.py).
 _ROPE_TYPES = {"default": "default", "longrope": "longrope", "su": "longrope", "yarn": "longrope"}
@@ -51,6 +52,12 @@ class Phi3Config:
     ``dtype`` is the compute dtype (activations, matmul inputs, KV cache); parameters are stored in
     ``param_dtype`` (float32 unless given). ``remat`` wraps every decoder block in ``nnx.remat``
     (``remat_policy`` names a ``jax.checkpoint_policies`` member; None saves nothing).
+
+    ``lora_rank`` > 0 adds low-rank adapters (Hu et al. 2021) to the decoder projections named in
+    ``lora_targets``: ``y = x W + (lora_alpha / lora_rank) * (x A) B`` with A (in, r) Gaussian of
+    std 1/r and B (r, out) zero, so a fresh adapter leaves the model unchanged. The adapters are
+    extra parameters (``.../lora_a``, ``.../lora_b``); freeze the rest with
+    ``train.freeze = (LORA_FREEZE,)`` and fold them back with `merge_lora` before export.
     """
 
     vocab_size: int = 32064
@@ -81,6 +88,9 @@ class Phi3Config:
     param_dtype: str = "float32"
     remat: bool = False
     remat_policy: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         def put(name, value):
@@ -96,6 +106,13 @@ class Phi3Config:
             value = getattr(self, name)
             if value is not None:
                 put(name, tuple(float(f) for f in value))
+        put("lora_targets", tuple(self.lora_targets))
+        unknown_targets = set(self.lora_targets) - set(LORA_TARGETS)
+        if self.lora_rank < 0 or unknown_targets:
+            raise ValueError(
+                f"Phi3Config: lora_rank must be >= 0 and lora_targets a subset of {LORA_TARGETS}; "
+                f"got rank {self.lora_rank}, unknown targets {sorted(unknown_targets)}"
+            )
         if self.hidden_act != "silu":
             raise ValueError(f"Phi3Config: hidden_act {self.hidden_act!r} is not supported (Phi-3 uses 'silu')")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -438,14 +455,28 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype:
 
 
 class Dense(nnx.Module):
-    """Bias-free linear layer ``x @ kernel`` with kernel (in, out) annotated with logical `axes`."""
+    """Bias-free linear layer ``x @ kernel`` with kernel (in, out) annotated with logical `axes`;
+    with a LoRA adapter when `name` is one of the config's ``lora_targets`` and ``lora_rank`` > 0."""
 
-    def __init__(self, din: int, dout: int, axes: tuple[str, str], config: Phi3Config, *, rngs: nnx.Rngs):
+    def __init__(
+        self, din: int, dout: int, axes: tuple[str, str], config: Phi3Config, *, rngs: nnx.Rngs, name: str = ""
+    ):
         self.kernel = _param(rngs, (din, dout), axes, config.param_dtype, config.initializer_range)
         self.dtype = config.dtype
+        self.lora_scale = 0.0
+        if config.lora_rank and name in config.lora_targets:
+            r = config.lora_rank
+            self.lora_a = _param(rngs, (din, r), (axes[0], None), config.param_dtype, 1.0 / r)
+            self.lora_b = nnx.Param(jnp.zeros((r, dout), config.param_dtype), out_sharding=(None, axes[1]),
+                                    eager_sharding=False)  # fmt: skip
+            self.lora_scale = config.lora_alpha / r
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return dense(x, self.kernel[...], self.dtype)
+        y = dense(x, self.kernel[...], self.dtype)
+        if self.lora_scale:
+            low = dense(x, self.lora_a[...], self.dtype)
+            y = y + (self.lora_scale * dense(low, self.lora_b[...], self.dtype)).astype(y.dtype)
+        return y
 
 
 class RMSNorm(nnx.Module):
@@ -485,8 +516,10 @@ class Phi3Attention(nnx.Module):
     def __init__(self, config: Phi3Config, *, rngs: nnx.Rngs):
         self.config = config
         heads_dim = config.num_attention_heads * config.head_dim
-        self.qkv_proj = Dense(config.hidden_size, config.qkv_size, ("embed", "qkv_fused"), config, rngs=rngs)
-        self.o_proj = Dense(heads_dim, config.hidden_size, ("heads", "embed"), config, rngs=rngs)
+        self.qkv_proj = Dense(
+            config.hidden_size, config.qkv_size, ("embed", "qkv_fused"), config, rngs=rngs, name="qkv_proj"
+        )
+        self.o_proj = Dense(heads_dim, config.hidden_size, ("heads", "embed"), config, rngs=rngs, name="o_proj")
 
     def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
         """x (B, T, E) -> (B, T, E); with `kv` (k, v cache arrays of one layer) the new keys/values are written at
@@ -514,9 +547,12 @@ class Phi3MLP(nnx.Module):
 
     def __init__(self, config: Phi3Config, *, rngs: nnx.Rngs):
         self.gate_up_proj = Dense(
-            config.hidden_size, 2 * config.intermediate_size, ("embed", "mlp_fused"), config, rngs=rngs
+            config.hidden_size, 2 * config.intermediate_size, ("embed", "mlp_fused"), config, rngs=rngs,
+            name="gate_up_proj",
+        )  # fmt: skip
+        self.down_proj = Dense(
+            config.intermediate_size, config.hidden_size, ("mlp", "embed"), config, rngs=rngs, name="down_proj"
         )
-        self.down_proj = Dense(config.intermediate_size, config.hidden_size, ("mlp", "embed"), config, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)

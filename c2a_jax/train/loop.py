@@ -22,6 +22,8 @@ what ``<workdir>/config.json`` and the checkpoints hold)::
     train.learning_rate, warmup_steps, end_lr_fraction, b1, b2, eps, weight_decay,
           weight_decay_exclude, grad_clip, freeze, param_groups   (c2a_jax.train.optimizer)
     train.accum_steps, train.accum_weight_key          (c2a_jax.train.step)
+    train.ema_power (0: off), ema_max_decay, ema_min_decay, ema_update_after_step,
+          ema_inv_gamma                                (c2a_jax.train.ema)
     train.log_every, train.eval_every, train.checkpoint_every, train.keep_checkpoints,
           train.async_checkpoint, train.tensorboard, train.progress, train.peak_flops_per_device
 
@@ -55,6 +57,7 @@ from c2a_jax.parallel import distributed
 from c2a_jax.parallel import rules as rules_lib
 from c2a_jax.parallel.mesh import make_mesh
 from c2a_jax.train.checkpoint import Checkpointer
+from c2a_jax.train.ema import EmaConfig
 from c2a_jax.train.metrics import MetricsWriter, Throughput, peak_flops_per_device
 from c2a_jax.train.optimizer import DEFAULT_WEIGHT_DECAY_EXCLUDE, make_optimizer
 from c2a_jax.train.resumable import resumable
@@ -89,6 +92,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "param_groups": (),
         "accum_steps": 1,
         "accum_weight_key": "",
+        "ema_power": 0.0,
+        "ema_max_decay": 0.9999,
+        "ema_min_decay": 0.0,
+        "ema_update_after_step": 0,
+        "ema_inv_gamma": 1.0,
         "log_every": 50,
         "eval_every": 0,
         "checkpoint_every": 500,
@@ -164,7 +172,7 @@ def _default_count(batch: Any) -> dict[str, float]:
 def _setup(config: ml_collections.ConfigDict, model_fn: Callable, mesh: Any):
     """Optimizer, init function, graph, abstract state and its shardings on `mesh`."""
     optimizer = make_optimizer(config.train)
-    init_fn, graphdef = init_fn_for(model_fn, optimizer)
+    init_fn, graphdef = init_fn_for(model_fn, optimizer, EmaConfig.from_config(config.train))
     key = seed_key(int(config.seed))
     abstract = jax.eval_shape(init_fn, key)
     rules = rules_lib.normalize_rules(config.sharding.rules)
@@ -172,12 +180,32 @@ def _setup(config: ml_collections.ConfigDict, model_fn: Callable, mesh: Any):
     return optimizer, init_fn, graphdef, key, abstract, shardings
 
 
+def _pretrained(init_params: Callable[[], Mapping[str, Any]], abstract: Any, shardings: Any) -> dict[str, jax.Array]:
+    """`init_params`' host arrays checked against the model and placed in the parameters' shardings."""
+    from flax import nnx
+
+    from c2a_jax.train.optimizer import param_path
+    from c2a_jax.train.state import check_overrides
+
+    host = dict(init_params())
+    fresh = check_overrides(abstract.params, host)
+    log.info("pretrained weights for %d parameters; %d start random: %s", len(host), len(fresh), fresh[:8])
+    targets = {param_path(p): v.get_value() for p, v in nnx.to_flat_state(shardings.params)}
+    dtypes = {param_path(p): v.get_value().dtype for p, v in nnx.to_flat_state(abstract.params)}
+    placed = {}
+    for name in list(host):
+        array = np.asarray(host.pop(name), dtype=dtypes[name])
+        placed[name] = jax.make_array_from_callback(array.shape, targets[name], lambda index, a=array: a[index])
+    return placed
+
+
 def restore_checkpoint(
     workdir: str, model_fn: Callable, *, step: int | None = None, mesh: Any = None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """``(train_state, graphdef, items)`` of a run's checkpoint (default: the latest), read into
     `mesh` (default: this process's first device; any mesh works, orbax reshards on read). The
-    config comes from the checkpoint itself; ``model_from_state(graphdef, state)`` gives the model."""
+    config comes from the checkpoint itself; ``model_from_state(graphdef, state, ema=True)`` gives the
+    model (with its EMA weights where the run kept an average)."""
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         items = ckpt.read_items(step)
@@ -201,15 +229,20 @@ def train(
     checkpoint_items: Mapping[str, Any] | None = None,
     count_fn: Callable[[Any], Mapping[str, float]] | None = None,
     flops_per_token: float | None = None,
+    init_params: Callable[[], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train until ``train.steps`` (resuming from ``<workdir>/checkpoints`` if it holds any).
 
     `eval_fn(model, step) -> metrics` runs every ``train.eval_every`` steps (0: never) on the live
-    model; its metrics are logged with an ``eval/`` prefix. `checkpoint_items`: JSON items stored
+    model (with the EMA weights when ``train.ema_power`` is set); its metrics are logged with an ``eval/`` prefix. `checkpoint_items`: JSON items stored
     in every checkpoint (``tokenizer``, ``dataset_statistics``; the config is added here).
     `count_fn(local_batch) -> {"examples": ..., "tokens": ...}` counts this process's batch for
     throughput (default: rows only); `flops_per_token` (e.g. ``TransformerFlops.per_token``) turns
-    tokens/s into MFU where the device's peak is known.
+    tokens/s into MFU where the device's peak is known. `init_params() -> {"a/b/kernel": host array}`
+    gives pretrained weights for a fresh start (not called when resuming): each array is placed
+    straight into its parameter's sharding (`jax.make_array_from_callback`, so a process only
+    copies its own shards to its devices) and the parameters it leaves out keep their random
+    initialisation (listed in the log).
 
     Returns the last logged metrics plus ``step``, ``stopped`` (None, or the signal that stopped
     the run), ``wall_s`` and ``start_step``."""
@@ -243,7 +276,9 @@ def train(
             log.warning("checkpoint %d holds no data position: the data starts from its beginning", latest)
         resumed = f"resumed from {workdir}/checkpoints/{latest}"
     else:
-        state = jax.jit(init_fn, out_shardings=shardings)(key)
+        overrides = _pretrained(init_params, abstract, shardings) if init_params is not None else None
+        state = jax.jit(init_fn, out_shardings=shardings, donate_argnums=1)(key, overrides)
+        del overrides
         resumed = ""
     start_step = int(jax.device_get(state.step))
     total = int(tc.steps)
@@ -256,6 +291,7 @@ def train(
         accum_steps=int(tc.accum_steps),
         weight_key=str(tc.accum_weight_key) or None,
         batch_sharding=batch_sh,
+        ema=EmaConfig.from_config(tc),
     )
     items = {**dict(checkpoint_items or {}), "config": config.to_dict()}
     count_fn = count_fn or _default_count
@@ -327,7 +363,7 @@ def train(
                 if step % log_every == 0 or step == total:
                     last = writer.write(step, {**jax.device_get(metrics), **throughput.rates()})
                 if eval_fn is not None and eval_every and (step % eval_every == 0 or step == total):
-                    eval_metrics = eval_fn(model_from_state(graphdef, state), step)
+                    eval_metrics = eval_fn(model_from_state(graphdef, state, ema=True), step)
                     last.update(writer.write(step, {f"eval/{k}": v for k, v in dict(eval_metrics).items()}))
                     throughput.reset()
                 if ckpt.should_save(step):

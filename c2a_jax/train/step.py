@@ -21,6 +21,9 @@ loss tokens, ``loss_tokens`` of `c2a_jax.train.vlm_loss.vlm_loss`), which makes 
 microbatches exactly the one-big-batch gradient of a token-mean loss. Metrics are averaged with
 the same weights, except ``weight_key`` itself, which is summed. Each microbatch gets its own
 key, ``fold_in(step key, i)``.
+
+With an `EmaConfig` the step also moves the parameters' average (`c2a_jax.train.ema`) toward the
+updated parameters and reports the decay it used as ``ema_decay``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from c2a_jax.train.ema import EmaConfig, update_ema
 from c2a_jax.train.optimizer import Optimizer
 from c2a_jax.train.state import TrainState
 
@@ -69,6 +73,7 @@ def make_train_step(
     accum_steps: int = 1,
     weight_key: str | None = None,
     batch_sharding: NamedSharding | None = None,
+    ema: EmaConfig | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """The pure step function (jit it with `jit_train_step`). `batch_sharding` (the batch axes'
     sharding) keeps microbatches split over the devices when ``accum_steps > 1``."""
@@ -120,14 +125,29 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.tx.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
+        extra = {}
+        ema_params = state.ema_params
+        if ema is not None:
+            if ema_params is None:
+                raise ValueError("train.ema_power is set but the train state holds no EMA (init without it?)")
+            decay = ema.decay(state.step)
+            ema_params = update_ema(ema_params, trainable, decay)
+            extra["ema_decay"] = decay
         new_state = TrainState(
             step=state.step + 1,
             params=optimizer.merge(trainable, frozen),
             model_state=model_state,
             opt_state=opt_state,
             rng=jax.random.key_data(key),
+            ema_params=ema_params,
         )
-        out = {**metrics, "loss": loss, "grad_norm": grad_norm, "learning_rate": optimizer.schedule(state.step)}
+        out = {
+            **metrics,
+            **extra,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": optimizer.schedule(state.step),
+        }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
 
     return step

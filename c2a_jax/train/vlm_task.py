@@ -8,11 +8,16 @@ Config sections read besides the loop's (`c2a_jax.train.loop`): ``data`` (datase
 code_level, image_size, keystep_request_fraction, grid_question_fraction, shift_k, tokenizer,
 template, max_length, images_per_row, shuffle_size) and ``model`` (vision_width, vision_layers,
 vision_heads, patch_size, text_width, text_layers, text_heads, text_kv_heads, mlp_ratio, dtype,
-remat, prefix_attention) and ``eval`` (examples, max_new_tokens).
+remat, prefix_attention; optional: init_from, param_dtype, text_intermediate, vision_intermediate,
+vocab_size, vision_feature_layer, lora_rank, lora_alpha; see `llava_config`) and ``eval``
+(examples, max_new_tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,25 +37,79 @@ def _get(section: Any, key: str, default: Any) -> Any:
 
 
 def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> LlavaConfig:
-    """The LLaVA a ``model`` config section describes, for `tokenizer`'s vocabulary."""
-    mlp = int(model.mlp_ratio)
+    """The LLaVA a ``model`` config section describes, for `tokenizer`'s vocabulary.
+
+    With ``model.init_from`` (a Hugging Face LLaVA directory) the architecture is that checkpoint's
+    config.json and only the run-time options (dtype, param_dtype, remat, LoRA) come from the
+    section. Otherwise: widths, depths and heads from the section; ``text_intermediate`` /
+    ``vision_intermediate`` (0: ``mlp_ratio`` x width), ``vocab_size`` (0: the tokenizer's, rounded
+    up to a multiple of 64), ``vision_feature_layer`` (-2, LLaVA's)."""
     dtype = str(_get(model, "dtype", "float32"))
+    param_dtype = str(_get(model, "param_dtype", "float32"))
     remat = bool(_get(model, "remat", False))
+    lora = dict(lora_rank=int(_get(model, "lora_rank", 0)), lora_alpha=float(_get(model, "lora_alpha", 16.0)))
+    init_from = str(_get(model, "init_from", "") or "")
+    if init_from:
+        config_file = os.path.join(init_from, "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"model.init_from: no Hugging Face LLaVA config at {config_file}")
+        with open(config_file, encoding="utf-8") as f:
+            hf = json.load(f)
+        llava = LlavaConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, remat=remat, text_options=lora)
+        if llava.vision.image_size != int(image_size):
+            raise ValueError(
+                f"data.image_size is {image_size} but {init_from} is a {llava.vision.image_size}-pixel vision tower"
+            )
+        if tokenizer.image_id != llava.image_token_id:
+            raise ValueError(
+                f"the tokenizer's image token is {tokenizer.image_id}, {init_from}'s image_token_index "
+                f"{llava.image_token_id}: use the checkpoint's own tokenizer (data.tokenizer)"
+            )
+        if tokenizer.vocab_size > llava.text.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens, {init_from} only {llava.text.vocab_size}"
+            )
+        return llava
+    mlp = int(model.mlp_ratio)
+    vision_width, text_width = int(model.vision_width), int(model.text_width)
     vision = ClipVisionConfig(
-        hidden_size=int(model.vision_width), intermediate_size=int(model.vision_width) * mlp,
+        hidden_size=vision_width, intermediate_size=int(_get(model, "vision_intermediate", 0)) or vision_width * mlp,
         num_hidden_layers=int(model.vision_layers), num_attention_heads=int(model.vision_heads),
-        image_size=int(image_size), patch_size=int(model.patch_size), dtype=dtype, remat=remat,
+        image_size=int(image_size), patch_size=int(model.patch_size), dtype=dtype, param_dtype=param_dtype,
+        remat=remat,
     )  # fmt: skip
-    vocab = -(-tokenizer.vocab_size // 64) * 64  # a multiple of 64: shardable, and room for new tokens
+    vocab = int(_get(model, "vocab_size", 0)) or -(-tokenizer.vocab_size // 64) * 64  # shardable, room for new tokens
     text = Phi3Config(
-        vocab_size=vocab, hidden_size=int(model.text_width), intermediate_size=int(model.text_width) * mlp,
+        vocab_size=vocab, hidden_size=text_width,
+        intermediate_size=int(_get(model, "text_intermediate", 0)) or text_width * mlp,
         num_hidden_layers=int(model.text_layers), num_attention_heads=int(model.text_heads),
         num_key_value_heads=int(model.text_kv_heads), max_position_embeddings=4096,
         original_max_position_embeddings=4096, pad_token_id=tokenizer.pad_id,
         bos_token_id=tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id,
-        eos_token_id=tokenizer.eos_id, dtype=dtype, remat=remat,
+        eos_token_id=tokenizer.eos_id, dtype=dtype, param_dtype=param_dtype, remat=remat, **lora,
     )  # fmt: skip
-    return LlavaConfig(vision, text, tokenizer.image_id)
+    return LlavaConfig(
+        vision, text, tokenizer.image_id, vision_feature_layer=int(_get(model, "vision_feature_layer", -2))
+    )
+
+
+def pretrained_params(model: Any, llava: LlavaConfig):
+    """``init_params`` for the loop when ``model.init_from`` names a Hugging Face LLaVA: a callable
+    reading its safetensors into {parameter path: host array} (adapters left to their init)."""
+    init_from = str(_get(model, "init_from", "") or "")
+    if not init_from:
+        return None
+
+    def read() -> dict[str, np.ndarray]:
+        from c2a_jax.convert.llava import llava_params_from_state_dict
+        from c2a_jax.convert.safetensors_io import load_state_dict
+        from c2a_jax.train.optimizer import param_path
+
+        base = dataclasses.replace(llava, text=dataclasses.replace(llava.text, lora_rank=0))
+        _, values = llava_params_from_state_dict(base, load_state_dict(init_from), source=init_from)
+        return {param_path(path): array for path, array in values.items()}
+
+    return read
 
 
 def vlm_tokenizer(config: Any, llava: LlavaConfig, tokenizer: TextTokenizer) -> vlm.VlmTokenizer:
@@ -183,4 +242,5 @@ def train_vlm(config: Any) -> dict[str, Any]:
         },
         count_fn=batch_counts,
         flops_per_token=flops.per_token,
+        init_params=pretrained_params(config.model, llava),
     )

@@ -129,3 +129,74 @@ def test_train_vlm_runs_on_the_dataset_and_resumes(dataset, tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     report = json.loads(second.stdout[second.stdout.index("{") :])
     assert report["start_step"] == 4 and report["step"] == 6
+
+
+def test_train_vlm_finetunes_a_hugging_face_llava_with_lora(dataset, tmp_path):
+    """configs/vlm/finetune.py with LoRA from a (tiny, random) Hugging Face LLaVA directory: the
+    checkpoint's weights are the starting point, only adapters and projector move, and the merged
+    model exports back to transformers with the fine-tuned model's logits."""
+    import jax
+    import ml_collections
+    import torch
+    from flax import nnx
+    from transformers import CLIPVisionConfig
+    from transformers import LlavaConfig as HFLlavaConfig
+    from transformers import LlavaForConditionalGeneration as HFLlava
+    from transformers import Phi3Config as HFPhi3Config
+
+    from c2a_jax.convert.llava import export_llava, llava_params_from_state_dict
+    from c2a_jax.convert.safetensors_io import load_state_dict
+    from c2a_jax.models.llava import LlavaForConditionalGeneration
+    from c2a_jax.models.lora import merge_lora
+    from c2a_jax.train import vlm_task
+    from c2a_jax.train.loop import restore_checkpoint
+    from c2a_jax.train.optimizer import param_path
+    from c2a_jax.train.state import model_from_state
+
+    tok = tokenizer.load_tokenizer(tokenizer.TINY)
+    torch.manual_seed(0)
+    hf = HFLlava(HFLlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=16),
+        text_config=HFPhi3Config(vocab_size=576, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_id,
+                                 bos_token_id=tok.bos_id, eos_token_id=tok.eos_id),
+        image_token_index=tok.image_id,
+    )).eval()  # fmt: skip
+    hf_dir = tmp_path / "hf"
+    hf.save_pretrained(hf_dir)
+
+    workdir = tmp_path / "ft"
+    cmd = [sys.executable, os.path.join(ROOT, "train_vlm.py"), "--config=configs/vlm/finetune.py:base=tiny,lora=4,steps=3",
+           f"--config.workdir={workdir}", f"--config.model.init_from={hf_dir}", f"--config.data.dataset_dir={dataset}",
+           "--config.data.image_size=32", "--config.data.max_length=192", "--config.train.batch_size=4",
+           "--config.train.log_every=1", "--config.eval.examples=0", "--config.train.learning_rate=0.01"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    llava = vlm_task.llava_config(config.model, 32, tok)
+    assert llava.text.lora_rank == 4 and llava.text.hidden_size == 64  # the HF directory's architecture
+    state, graphdef, _ = restore_checkpoint(str(workdir), lambda rngs: LlavaForConditionalGeneration(llava, rngs=rngs))
+    params = {param_path(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(jax.device_get(state.params))}
+    _, pretrained = llava_params_from_state_dict(llava, load_state_dict(str(hf_dir)))
+    moved = set()
+    for path, value in pretrained.items():
+        name = param_path(path)
+        if not np.array_equal(params[name], value):
+            moved.add(name)
+    assert moved and all(name.startswith("multi_modal_projector/") for name in moved)  # all else frozen as loaded
+    adapters_b = [v for k, v in params.items() if k.endswith("lora_b")]
+    assert len(adapters_b) == 8 and all(np.abs(b).max() > 0 for b in adapters_b)  # adapters trained from zero
+
+    model = model_from_state(graphdef, state)
+    plain = vlm_task.llava_config(ml_collections.ConfigDict({**config.model.to_dict(), "lora_rank": 0}), 32, tok)
+    merged = merge_lora(lambda: LlavaForConditionalGeneration(plain, rngs=nnx.Rngs(0)), model)
+    ids = np.random.default_rng(0).integers(5, 500, (2, 12))
+    ours = np.asarray(model(ids)[0])
+    np.testing.assert_allclose(np.asarray(merged(ids)[0]), ours, atol=1e-4, rtol=1e-4)
+    export_llava(plain, merged, tmp_path / "export")
+    with torch.no_grad():
+        theirs = HFLlava.from_pretrained(tmp_path / "export").eval()(input_ids=torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
