@@ -9,6 +9,10 @@ clipping). Ours: one jitted functional step with donated buffers, causal attenti
 computation as transformers' LLaVA; prefix-LM costs the same). Peer: LlavaForConditionalGeneration
 with labels = -100 outside the answer, torch.optim.AdamW, eager PyTorch on the same CPU threads.
 Figure: real (non-pad) tokens per second, median step time over `--steps` after warm-up.
+
+Second figure (``packed_*``): the same examples packed ``--pack`` per row (our pipeline's
+``images_per_row``; segment ids keep them apart), so that our step skips most of the padding,
+against transformers on the padded batch again (its LLaVA has no packed-sequence attention).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 
-def pipeline_batch(batch_size: int, max_length: int, image_size: int, patch_size: int) -> tuple[dict, object]:
-    """A padded batch of code examples and grid questions from synthetic episodes."""
+def pipeline_batch(
+    batch_size: int, max_length: int, image_size: int, patch_size: int, images_per_row: int = 1
+) -> tuple[dict, object]:
+    """`batch_size` code examples and grid questions from synthetic episodes, padded one per row
+    (``images_per_row=1``) or packed several per row (the same examples in fewer rows)."""
     from c2a_jax.data import tokenizer as tokenizer_lib
     from c2a_jax.data import vlm
     from c2a_jax.data.synthetic import make_episode
@@ -35,9 +42,12 @@ def pipeline_batch(batch_size: int, max_length: int, image_size: int, patch_size
     tok = tokenizer_lib.load_tokenizer(tokenizer_lib.TINY)
     vt = vlm.VlmTokenizer(tok, (image_size // patch_size) ** 2, max_length)
     episodes = [make_episode(size=image_size, key=f"bench/{i}") for i in range(8)]
-    batches = vlm.vlm_batches(episodes, vlm.VlmExampleConfig(), vt, batch_size, np.random.default_rng(0),
-                              object_names=["green star", "red cube"])  # fmt: skip
-    return next(iter(batches)), tok
+    rng = np.random.default_rng(0)
+    examples = [e for episode in episodes for e in vlm.episode_examples(episode, vlm.VlmExampleConfig(), rng,
+                                                                          ["green star", "red cube"])]  # fmt: skip
+    chosen = [vt(examples[i]) for i in rng.permutation(len(examples))[:batch_size]]
+    rows = list(vlm.pack_rows(chosen, max_length, images_per_row, tok.pad_id))
+    return vlm.stack_rows(rows), tok
 
 
 def _interleaved_medians(steps_a, steps_b, steps: int) -> tuple[float, float]:
@@ -121,21 +131,32 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--patch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--pack", type=int, default=4, help="images per row of the packed variant (ours only)")
     args = ap.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
     real = int(batch["input_mask"].sum())
     t_ours, t_hf = _interleaved_medians(ours(batch, tok, args.image_size, args.patch_size),
                                         transformers_step(batch, tok, args.image_size, args.patch_size), args.steps)  # fmt: skip
+    packed, _ = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size, args.pack)
+    assert int(packed["input_mask"].sum()) == real  # the same examples, fewer rows
+    t_packed, t_hf_again = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size),
+                                                transformers_step(batch, tok, args.image_size, args.patch_size),
+                                                args.steps)  # fmt: skip
     import torch
 
     result = {
         "real_tokens_per_batch": real,
+        "packed_rows": int(packed["tokens"].shape[0]),
         "ours_step_ms": round(t_ours * 1e3, 1),
         "transformers_step_ms": round(t_hf * 1e3, 1),
         "ours_tokens_per_s": round(real / t_ours, 1),
         "transformers_tokens_per_s": round(real / t_hf, 1),
         "speedup": round(t_hf / t_ours, 2),
+        "ours_packed_step_ms": round(t_packed * 1e3, 1),
+        "ours_packed_tokens_per_s": round(real / t_packed, 1),
+        "transformers_step_ms_second_run": round(t_hf_again * 1e3, 1),
+        "packed_speedup": round(t_hf_again / t_packed, 2),
         "torch_threads": torch.get_num_threads(),
         "config": vars(args),
     }
