@@ -244,3 +244,25 @@ def train_vlm(config: Any) -> dict[str, Any]:
         flops_per_token=flops.per_token,
         init_params=pretrained_params(config.model, llava),
     )
+
+
+def load_trained_vlm(workdir: str, *, step: int | None = None):
+    """``(model, tokenizer, config)`` of a `train_vlm.py` run's checkpoint (default: the latest):
+    the architecture and tokenizer come from the checkpoint's own config, the weights are the
+    trained parameters (the EMA average where the run kept one)."""
+    import ml_collections
+
+    from c2a_jax.train.loop import restore_checkpoint
+    from c2a_jax.train.state import model_from_state
+
+    config_file = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{workdir} is not a train_vlm.py work directory (no config.json)")
+    with open(config_file, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    tokenizer = load_tokenizer(str(config.data.tokenizer))
+    llava = llava_config(config.model, int(config.data.image_size), tokenizer)
+    state, graphdef, items = restore_checkpoint(
+        workdir, lambda rngs: LlavaForConditionalGeneration(llava, rngs=rngs), step=step
+    )
+    return model_from_state(graphdef, state, ema=True), tokenizer, ml_collections.ConfigDict(items["config"])

@@ -5,8 +5,9 @@ Command:
 
 `get_config(arg)`: the mode, one of vlm_oracle, vlm_dp, dp, dp_oracle.
 
-Expected result: arrives with step 7 (issue #8); until then the entry point checks and writes the
-resolved config and says what is missing.
+Expected result: <workdir>/episodes.jsonl (one record per episode; a rerun resumes), and
+<workdir>/report/ with report.md (the paper's Table 1 / Table 2 layouts, ours with Wilson 95%
+intervals beside the paper's numbers), table CSVs, summary.json, success.png and videos/*.mp4.
 """
 
 import ml_collections
@@ -32,4 +33,8 @@ def get_config(arg=None):
     c.early_stop_chars = 10  # the paper's k
     c.regenerate_chunk_on_keystep = True
     c.videos_per_task = 2
+    c.dataset = ""  # a label for the report: the DP's training set (L0, L1, L0+L1)
+    c.max_steps = 0  # control steps per episode (0: the environment's limit, 1000)
+    c.max_queries = 25  # VLM+Oracle: API calls per episode
+    c.n_action_steps = 0  # actions executed per chunk (0: the DP's own data.n_action_steps)
     return c

@@ -1,0 +1,171 @@
+"""`evaluate.py`'s work: build the policy of a mode from its checkpoints, run every (task, seed) on
+parallel simulator workers (resuming from the episode file), write videos, then the report.
+
+Modes (paper sections 4.2, 4.3, 5.1):
+
+* ``vlm_oracle``: the trained VLM writes key-steps, the oracle solvers execute them
+  (`c2a_jax.eval.vlm_oracle`);
+* ``vlm_dp``: the hierarchical policy, VLM above and code-conditioned DP below
+  (`c2a_jax.infer.controller`, `c2a_jax.eval.policy_episodes`);
+* ``dp``: the flat baseline, a DP conditioned on the task prompt only;
+* ``dp_oracle``: a prompt-conditioned DP on the task's Markovian form, whose prompt carries the
+  oracle's information (`c2a_jax.eval.tasks.MARKOVIAN`; Swap in the paper).
+
+Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or registry names),
+num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint, dataset (a label
+for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
+videos_per_task, max_steps, max_queries, n_action_steps (0: the DP's own).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+from typing import Any
+
+import numpy as np
+
+from c2a_jax.eval import report
+from c2a_jax.eval.runner import make_jobs, run_jobs
+from c2a_jax.eval.tasks import resolve
+
+MODES = ("vlm_oracle", "vlm_dp", "dp", "dp_oracle")
+
+
+def _get(config: Any, key: str, default: Any) -> Any:
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value
+
+
+def _code_writer(config: Any):
+    """The trained VLM of ``vlm_checkpoint`` as a `CodeWriter`, and its training config."""
+    from c2a_jax.infer.code_writer import CodeWriter
+    from c2a_jax.train.vlm_task import load_trained_vlm
+
+    path = str(_get(config, "vlm_checkpoint", ""))
+    if not path:
+        raise FileNotFoundError(f"mode {config.mode!r} needs --config.vlm_checkpoint (a train_vlm.py work directory)")
+    model, tokenizer, vlm_config = load_trained_vlm(path)
+    writer = CodeWriter(
+        model, tokenizer, template=str(vlm_config.data.template),
+        prefix_attention=str(_get(vlm_config.model, "prefix_attention", "full")),
+        max_new_tokens=int(_get(getattr(vlm_config, "eval", {}), "max_new_tokens", 96) or 96),
+        early_stop_k=int(_get(config, "early_stop_chars", 0)),
+    )  # fmt: skip
+    return writer, vlm_config
+
+
+def _locked(fn):
+    """One caller at a time: the worker threads share one model (and its text-embedding cache)."""
+    lock = threading.Lock()
+
+    def call(*args, **kwargs):
+        with lock:
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def evaluate(config: Any) -> dict[str, Any]:
+    """Run the evaluation `config` describes; returns counts and the report's paths."""
+    from c2a_jax.sim.worker import WorkerError
+
+    mode = str(config.mode)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    workdir = os.path.abspath(str(config.workdir))
+    os.makedirs(os.path.join(workdir, "report", "videos"), exist_ok=True)
+    tasks = [resolve(str(name), markovian=mode == "dp_oracle") for name in config.tasks]
+    seeds = range(int(_get(config, "first_seed", 0)), int(_get(config, "first_seed", 0)) + int(config.num_seeds))
+    split = str(_get(config, "object_split", "train"))
+    jobs = make_jobs(tasks, seeds, mode=mode, dataset=str(_get(config, "dataset", "")), object_split=split)
+    by_task = {t["task"]: t for t in tasks}
+    for job in jobs:
+        job["registry"], job["level"] = by_task[job["task"]]["registry"], by_task[job["task"]]["level"]
+    video_seeds = set(list(seeds)[: int(_get(config, "videos_per_task", 0))])
+    max_steps = int(_get(config, "max_steps", 0)) or None
+
+    writer = vlm_config = runner = None
+    if mode in ("vlm_oracle", "vlm_dp"):
+        writer, vlm_config = _code_writer(config)
+    if mode != "vlm_oracle":
+        from c2a_jax.infer.dp_runner import DiffusionPolicyRunner
+
+        path = str(_get(config, "dp_checkpoint", ""))
+        if not path:
+            raise FileNotFoundError(f"mode {mode!r} needs --config.dp_checkpoint (a train_dp.py work directory)")
+        runner = DiffusionPolicyRunner.from_checkpoint(path)
+    sizes = {int(c.data.image_size) for c in (vlm_config, runner.config if runner else None) if c is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"the VLM and the DP were trained at different image sizes {sorted(sizes)}")
+    image_size = sizes.pop()
+    first = tasks[0]
+
+    if mode == "vlm_oracle":
+        from c2a_jax.eval.vlm_oracle import SimulatorClient, run_episode
+
+        generate = _locked(writer.generate_code)
+
+        def make_sim(slot: int):
+            return SimulatorClient(task=first["registry"], task_args=first["task_args"], image_size=image_size,
+                                   split=split, max_steps=max_steps or 1000,
+                                   log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
+
+        def episode_fn(sim, job):
+            record = run_episode(sim, generate, job["seed"], task=job["registry"], task_args=job["task_args"],
+                                 max_queries=int(_get(config, "max_queries", 25)),
+                                 record_frames=job["seed"] in video_seeds)  # fmt: skip
+            if record.frames:
+                actions = [c["code"] for c in record.calls if c.get("status") == "action"]
+                frames = [f for chunk in record.frames for f in chunk]
+                captions = [code for code, chunk in zip(actions, record.frames, strict=False) for _ in chunk]
+                captions += [""] * (len(frames) - len(captions))
+                report.write_video(
+                    frames, captions, os.path.join(workdir, "report", "videos", f"{job['task']}_{job['seed']}.mp4")
+                )
+            out = record.to_json()
+            out["level"] = job["level"]
+            return out
+    else:
+        from c2a_jax.eval.policy_episodes import policy_client, run_policy_episode
+        from c2a_jax.infer.controller import HierarchicalController
+
+        sample = _locked(runner.sample)
+        generate = _locked(writer.generate_code) if writer is not None else None
+        n_action = int(_get(config, "n_action_steps", 0)) or int(runner.config.data.n_action_steps)
+
+        def make_sim(slot: int):
+            pool = policy_client(task=first["registry"], task_args=first["task_args"], image_size=image_size,
+                                 split=split, log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
+            controller = HierarchicalController(
+                sample, generate if mode == "vlm_dp" else None, n_action_steps=n_action,
+                regenerate_on_keystep=bool(_get(config, "regenerate_chunk_on_keystep", True)), seed=slot,
+            )  # fmt: skip
+            return types.SimpleNamespace(call=pool.call, close=pool.close, controller=controller)
+
+        def episode_fn(sim, job):
+            record = run_policy_episode(sim, sim.controller, job, max_steps=max_steps,
+                                        record_frames=job["seed"] in video_seeds)  # fmt: skip
+            frames, captions = record.pop("_frames", None), record.pop("_captions", None)
+            if frames:
+                report.write_video(
+                    frames, captions, os.path.join(workdir, "report", "videos", f"{job['task']}_{job['seed']}.mp4")
+                )
+            record["level"] = job["level"]
+            return record
+
+    def safe_episode(sim, job):
+        try:
+            return episode_fn(sim, job)
+        except WorkerError as e:
+            return {"end_reason": "worker_error", "error": str(e), "success": False}
+
+    out_path = os.path.join(workdir, "episodes.jsonl")
+    counts = run_jobs(jobs, make_sim=make_sim, episode_fn=safe_episode, out_path=out_path,
+                      num_workers=int(_get(config, "num_workers", 1)))  # fmt: skip
+    records = [r for r in report.read_records(out_path) if r.get("mode") == mode]
+    paths = report.write_report(records, os.path.join(workdir, "report"), title=f"Evaluation: {mode}")
+    successes = [bool(r.get("success")) for r in records if not r.get("error")]
+    return {**counts, "episodes": len(records), "success_rate": float(np.mean(successes)) if successes else None,
+            "report": paths["report"]}  # fmt: skip

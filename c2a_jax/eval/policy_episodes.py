@@ -1,0 +1,144 @@
+"""The learned-policy evaluation modes (VLM+DP, flat DP, DP+Oracle): one action per simulator step.
+
+Worker side, `PolicyWorker` (a `VlmOracleWorker` with one more call):
+
+    reset(seed, task, task_args, prompt_index) -> {"episode", "prompt", ..., "observation"}
+    step(episode, action) -> observation
+
+    observation = {"image": base camera (S, S, 3) uint8, "wrist_image": hand camera, "state": (9,)
+                   float32 as the RLDS dataset stores it (TCP position, quaternion qw qx qy qz,
+                   vacuum_on, vacuum_grasping), "success": reached at any step so far, "steps",
+                   "budget_left"}
+
+Parent side, `run_policy_episode(sim, controller, job)`: the `HierarchicalController` chooses each
+action (its code writer and diffusion policy live in the parent); the record holds the code line
+of every step (run-length encoded: ``[[line, steps], ...]``), the chunks drawn and why, and the time
+spent in the VLM, the policy and the simulator. Frames with their code line can be kept for videos.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from c2a_jax.eval.vlm_oracle import MAX_STEPS, VlmOracleWorker
+
+FACTORY = "c2a_jax.eval.policy_episodes:PolicyWorker"
+
+
+class PolicyWorker(VlmOracleWorker):
+    """See the module docstring."""
+
+    def _policy_observation(self) -> dict[str, Any]:
+        obs = self.env.observe(images=self.images)
+        agent = obs["agent"]
+        state = np.concatenate([np.asarray(agent["ee_pose"], np.float32).reshape(-1)[:7],
+                                np.asarray([agent["vacuum_on"], agent["vacuum_grasping"]], np.float32).reshape(-1)])  # fmt: skip
+        success = bool(self.executor.success_seen or self.env.task.evaluate()["success"])
+        self.executor.success_seen = success
+        images = obs.get("images", {})
+        blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        return {
+            "image": images.get("base_camera", blank),
+            "wrist_image": images.get("hand_camera", blank),
+            "state": state,
+            "success": success,
+            "steps": self.steps,
+            "budget_left": max(0, self.max_steps - self.steps),
+        }
+
+    def reset(self, seed: int, task: str | None = None, task_args: dict | None = None,
+              prompt_index: int | None = None) -> dict[str, Any]:  # fmt: skip
+        out = super().reset(seed, task, task_args, prompt_index)
+        out["observation"] = self._policy_observation()
+        return out
+
+    def step(self, episode: str, action) -> dict[str, Any]:
+        self._check(episode)
+        action = np.asarray(action, np.float32).reshape(-1)
+        if action.shape != (7,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"an action must be 7 finite numbers, got shape {action.shape}")
+        _, _, _, _, info = self.env.step(action)
+        self.steps += 1
+        if bool(np.asarray(info["success"]).reshape(-1)[0]):
+            self.executor.success_seen = True
+        return self._policy_observation()
+
+
+def policy_client(task: str = "Pick", task_args: dict | None = None, image_size: int = 64, split: str = "train",
+                  max_steps: int = MAX_STEPS, timeout_s: float = 600.0, log_path: str | None = None):  # fmt: skip
+    """A `PolicyWorker` in a child process (a one-worker `WorkerPool`; a crash restarts it and
+    the episode's calls fail with `WorkerError`). Calls: ``client.call("reset", ...)``."""
+    from c2a_jax.sim.worker import WorkerPool
+
+    kwargs = {"task": task, "task_args": dict(task_args or {}), "image_size": image_size, "split": split,
+              "max_steps": max_steps}  # fmt: skip
+    return WorkerPool(FACTORY, kwargs, num_workers=1, timeout_s=timeout_s, max_retries=0, log_path=log_path)
+
+
+def _call(sim, method: str, **kwargs):
+    return sim.call(method, **kwargs) if hasattr(sim, "call") else getattr(sim, method)(**kwargs)
+
+
+def run_policy_episode(
+    sim, controller, job: Mapping[str, Any], *, max_steps: int | None = None, record_frames: bool = False
+) -> dict[str, Any]:
+    """One episode of `controller` (`c2a_jax.infer.controller.HierarchicalController`) on `sim`
+    (a `policy_client` or a `PolicyWorker` in this process). A lost worker ends the episode with
+    ``end_reason`` "worker_error" (the runner retries it); nothing the policy outputs raises."""
+    from c2a_jax.sim.worker import WorkerError
+
+    start = time.perf_counter()
+    record: dict[str, Any] = {"task": job["task"], "seed": int(job["seed"]), "success": False, "steps": 0,
+                              "code_runs": [], "chunks": {}, "vlm_s": 0.0, "dp_s": 0.0, "sim_s": 0.0}  # fmt: skip
+    frames: list[np.ndarray] = []
+    captions: list[str] = []
+    try:
+        t = time.perf_counter()
+        reset = _call(sim, "reset", seed=int(job["seed"]), task=job.get("registry", job["task"]),
+                      task_args=dict(job.get("task_args") or {}), prompt_index=job.get("prompt_index"))  # fmt: skip
+        record["sim_s"] += time.perf_counter() - t
+    except WorkerError as e:
+        return {**record, "end_reason": "worker_error", "error": f"reset: {e}"}
+    record["prompt"] = reset["prompt"]
+    episode, obs = reset["episode"], reset["observation"]
+    controller.reset(reset["prompt"], episode_seed=int(job["seed"]))
+    limit = int(max_steps) if max_steps else None
+    end = "success" if obs["success"] else ""
+    while not end:
+        if obs["budget_left"] <= 0 or (limit is not None and obs["steps"] >= limit):
+            end = "step_budget"
+            break
+        action, info = controller.act(obs)
+        record["vlm_s"] += info.vlm_s
+        record["dp_s"] += info.dp_s
+        line = info.code if info.code is not None else "(prompt) " + reset["prompt"]
+        runs = record["code_runs"]
+        if runs and runs[-1][0] == line:
+            runs[-1][1] += 1
+        else:
+            runs.append([line, 1])
+        if info.reason:
+            record["chunks"][info.reason] = record["chunks"].get(info.reason, 0) + 1
+        if record_frames:
+            frames.append(np.asarray(obs["image"]))
+            captions.append(line)
+        try:
+            t = time.perf_counter()
+            obs = _call(sim, "step", episode=episode, action=np.asarray(action, np.float32))
+            record["sim_s"] += time.perf_counter() - t
+        except WorkerError as e:
+            record.update(end_reason="worker_error", error=f"step {obs['steps']}: {e}")
+            return record
+        if obs["success"]:
+            end = "success"
+    record.update(success=bool(obs["success"]), steps=int(obs["steps"]), end_reason=end,
+                  total_s=round(time.perf_counter() - start, 4))  # fmt: skip
+    for key in ("vlm_s", "dp_s", "sim_s"):
+        record[key] = round(record[key], 4)
+    if record_frames:
+        record["_frames"], record["_captions"] = frames, captions
+    return record
