@@ -15,7 +15,7 @@ import time
 import gymnasium as gym
 import numpy as np
 
-TASKS = {  # the L0 tasks: name -> task arguments (Topple and Push-away are Touch variants)
+TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L1/L2 as in task_utils
     "Pick": {},
     "PlaceOnTop": {"spawn_at_gripper": True},
     "PlaceNextTo": {"spawn_at_gripper": True},
@@ -24,7 +24,15 @@ TASKS = {  # the issue's L0 tasks: name -> task arguments (Topple and Push-away 
     "Push-away": {"push": True},
     "Rotate": {"num_actors": 3},
     "Push": {},
+    "SingleStack": {"num_actors": 4},
+    "ReverseStack": {"num_actors": 4},
+    "StackTopple": {"num_actors": 4},
+    "NovelNoun": {"num_actors": 3, "num_areas": 3},
+    "Swap": {},
+    "SwapMarkovian": {},
 }
+# Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
+MAX_STEPS = dict.fromkeys(("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian"), 1000)
 
 
 def ours_steps_per_s(size: int, steps: int) -> float:
@@ -68,12 +76,13 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int) -> dict:
     out = {}
     for task in tasks:
         name, args = ("Touch", TASKS[task]) if task in ("Topple", "Push-away") else (task, TASKS[task])
-        kwargs = {"task": name, "task_args": args, "image_size": 128, "max_steps": 500}
+        kwargs = {"task": name, "task_args": args, "image_size": 128, "max_steps": MAX_STEPS.get(task, 500)}
         with WorkerPool("c2a_jax.sim.rollout:OracleWorker", kwargs, num_workers=workers,
                         env={"PYTHONPATH": root}) as pool:  # fmt: skip
             jobs = [{"method": "run_episode", "kwargs": {"seed": s, "images": False}} for s in range(seeds)]
             results = list(pool.map(jobs))
             wins = sum(bool(r.ok and r.result["meta"]["success"]) for r in results)
+            failed = sorted(r.index for r in results if not (r.ok and r.result["meta"]["success"]))
             steps = [r.result["meta"]["num_steps"] for r in results if r.ok and r.result["meta"]["success"]]
             imaged_jobs = [
                 {"method": "run_episode", "kwargs": {"seed": seeds + s, "images": True}} for s in range(imaged)
@@ -85,6 +94,7 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int) -> dict:
             "success_rate": round(wins / seeds, 3),
             "seeds": seeds,
             "mean_steps": round(float(np.mean(steps)), 1) if steps else None,
+            "failed_seeds": failed,
             "demos_per_core_hour_128px": round(imaged_wins / (core_seconds / 3600), 1) if core_seconds else None,
         }
     return out

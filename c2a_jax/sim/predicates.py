@@ -380,10 +380,11 @@ class Order(Predicate):
 
 
 class Once(Predicate):
-    """Frozen at the first success (spec 4.12)."""
+    """Frozen at the first success (spec 4.12): StackTopple's `Once(build the stack)` stays satisfied
+    while the stack is toppled. Like the source it goes by its child's name (`name` is not used)."""
 
     def __init__(self, name: str, child: Predicate):
-        self.name, self.child, self.max_reward = name, child, child.max_reward
+        self.name, self.child, self.max_reward = child.name, child, child.max_reward
         self.frozen: tuple[dict, float] | None = None
 
     def evaluate(self) -> dict:
@@ -397,6 +398,64 @@ class Once(Predicate):
     def reward(self) -> float:
         self.evaluate()
         return self.frozen[1] if self.frozen else self.child.reward()
+
+
+class SwapPredicate(Order):
+    """Swap's three steps in order: A to the free space, B to A's start, A to B's start (spec 4.8).
+
+    Progress is an `Order`'s, but success is the last two holding at the same time; the first (A
+    in the free space) is not required at the end."""
+
+    def __init__(self, name: str, children: list[Predicate]):
+        if len(children) != 3:
+            raise ValueError(f"SwapPredicate needs 3 predicates, got {len(children)}")
+        super().__init__(name, children)
+
+    def evaluate(self) -> dict:
+        if self.children[1].success() and self.children[2].success():
+            return {"current_idx": self.current, "success": True}
+        e = super().evaluate()
+        for c in self.children:
+            for k, v in c.evaluate().items():
+                e[f"{c.name}_{k}"] = v
+        e["success"] = False
+        return e
+
+
+class ToppleStructurePredicate(Predicate):
+    """Every actor of a structure touches the ground (spec 4.11): ground impulse over the last
+    control step above 1e-4. Reward: 3 per grounded actor plus the best topple reward of the others."""
+
+    ON_GROUND_IMPULSE = 1e-4
+
+    def __init__(self, env, actors: list[SceneObject], name: str | None = None):
+        self.env, self.actors = env, list(actors)
+        self.name = name or f"Topple structure of {len(self.actors)} actors"
+        self.topple = [TouchPredicate(env, a, topple=True) for a in self.actors]
+        self.max_reward = 3.0 * len(self.actors)
+
+    def on_ground(self, actor: SceneObject) -> bool:
+        return on_ground(self.env, actor)
+
+    def evaluate(self) -> dict:
+        e = {f"actor {a.name} on ground": self.on_ground(a) for a in self.actors}
+        e["success"] = all(e.values())
+        return e
+
+    def reward(self) -> float:
+        total, best = 0.0, 0.0
+        for a, touch in zip(self.actors, self.topple, strict=True):
+            if self.on_ground(a):
+                total += 3.0
+            else:
+                best = max(best, touch.reward())
+        return total + best
+
+
+def on_ground(env, actor: SceneObject) -> bool:
+    """ToppleStructure's test (spec 4.11): the actor pressed on the ground during the last control step."""
+    impulse = env.contact_impulse(actor.id, env.ground_id)
+    return float(np.linalg.norm(impulse)) > ToppleStructurePredicate.ON_GROUND_IMPULSE
 
 
 def next_leaf(p: Predicate) -> Predicate | None:

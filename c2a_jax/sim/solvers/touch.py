@@ -20,18 +20,37 @@ def _box_gap(point: np.ndarray, footprint: np.ndarray) -> float:
     return float(np.linalg.norm(gap))
 
 
-def choose_side(env, actor, heading: float, turns, standoff: float) -> tuple[np.ndarray, np.ndarray]:
+def _stacked(a: np.ndarray, b: np.ndarray) -> bool:
+    """Does one object stand on the other: x-y boxes overlapping, heights apart? Vertices (N, 3), world."""
+    overlap_xy = np.all(a[:, :2].min(0) < b[:, :2].max(0)) and np.all(b[:, :2].min(0) < a[:, :2].max(0))
+    apart_z = a[:, 2].min() >= b[:, 2].max() - 0.005 or b[:, 2].min() >= a[:, 2].max() - 0.005
+    return bool(overlap_xy and apart_z)
+
+
+def choose_side(
+    env, actor, heading: float, turns, standoff: float, z: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Where to put the tool beside `actor` to stroke or push it along `heading` turned by one of
     `turns` (tried in order): `standoff` beyond the actor's edge on the opposite side.
 
     Ranked by room for the vacuum head next to the other objects, then reachability (the Panda
     cannot point the tool down right next to its base), then, when nothing is reachable, distance
-    from the base. Returns (point, unit push direction); the caller sets the height.
+    from the base. With the stroke height `z`, objects the head passes above (top 2 cm or more below
+    `z`) and objects stacked with the actor (on or under it: they go with it) leave room.
+    Returns (point, unit push direction); the caller sets the height.
     """
     a = np.asarray(actor.pose().p)
     base = np.asarray(robot_lib.BASE_POSE.p[:2])
-    verts = actor.world_vertices()[:, :2] - a[:2]
-    others = [o.world_vertices()[:, :2] for o in env.task.objects if o is not actor]
+    mine = actor.world_vertices()
+    verts = mine[:, :2] - a[:2]
+    others = []
+    for o in env.task.objects:
+        if o is actor or o.pose().p[2] < -1.0:
+            continue
+        v = o.world_vertices()
+        if z is not None and (v[:, 2].max() < z - 0.02 or _stacked(v, mine)):
+            continue
+        others.append(v[:, :2])
     best = None
     for k, turn in enumerate(turns):
         d = np.array([np.cos(heading + turn), np.sin(heading + turn), 0.0])
@@ -108,8 +127,9 @@ class Move3dTouchSolver(AbstractSolver):
         a = np.asarray(self.actor.pose().p)
         heading = float(np.arctan2(*(a[:2] - np.asarray(robot_lib.BASE_POSE.p[:2]))[::-1]))
         turns = (0.0, np.pi / 4, -np.pi / 4, np.pi / 2, -np.pi / 2, 3 * np.pi / 4, -3 * np.pi / 4)
-        p, d = choose_side(self.env, self.actor, heading, turns, SPACE + 0.02)
-        p[2] = stroke_height(self.actor, self.topple)
+        z = stroke_height(self.actor, self.topple)
+        p, d = choose_side(self.env, self.actor, heading, turns, SPACE + 0.02, z=z)
+        p[2] = z
         return sapien.Pose(p, side_quat(d))
 
     def step(self) -> np.ndarray:

@@ -1,6 +1,6 @@
 """ClevrSkills tasks: importing this package registers every task (`get_task_class`)."""
 
-from c2a_jax.sim.tasks import pick, place, push, rotate, touch  # noqa: F401  (registration)
+from c2a_jax.sim.tasks import novel, pick, place, push, rotate, stack, swap, touch  # noqa: F401  (registration)
 from c2a_jax.sim.tasks.base import SceneObject, Task, get_task_class, register_task, render_prompt, task_names
 
 __all__ = ["SceneObject", "Task", "get_task_class", "register_task", "render_prompt", "task_names"]
