@@ -29,6 +29,15 @@ class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
 
 
+def config_value(section: Any, key: str, default: Any) -> Any:
+    """``section.<key>`` of a ConfigDict, dict or plain object; `default` when the section is None,
+    the key is absent or its value is None (the one lookup every module that reads a config uses)."""
+    if section is None:
+        return default
+    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+    return default if value is None else value
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Load ``path.py[:arg]`` by calling its ``get_config(arg)``."""
     path, _, arg = spec.partition(":")

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import threading
-import types
 from typing import Any
 
 import numpy as np
 
+from c2a_jax.config import config_value
 from c2a_jax.eval import report
 from c2a_jax.eval.runner import make_jobs, run_jobs
 from c2a_jax.eval.tasks import resolve
@@ -33,25 +33,20 @@ from c2a_jax.eval.tasks import resolve
 MODES = ("vlm_oracle", "vlm_dp", "dp", "dp_oracle")
 
 
-def _get(config: Any, key: str, default: Any) -> Any:
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-    return default if value is None else value
-
-
 def _code_writer(config: Any):
     """The trained VLM of ``vlm_checkpoint`` as a `CodeWriter`, and its training config."""
     from c2a_jax.infer.code_writer import CodeWriter
     from c2a_jax.train.vlm_task import load_trained_vlm
 
-    path = str(_get(config, "vlm_checkpoint", ""))
+    path = str(config_value(config, "vlm_checkpoint", ""))
     if not path:
         raise FileNotFoundError(f"mode {config.mode!r} needs --config.vlm_checkpoint (a train_vlm.py work directory)")
     model, tokenizer, vlm_config = load_trained_vlm(path)
     writer = CodeWriter(
         model, tokenizer, template=str(vlm_config.data.template),
-        prefix_attention=str(_get(vlm_config.model, "prefix_attention", "full")),
-        max_new_tokens=int(_get(getattr(vlm_config, "eval", {}), "max_new_tokens", 96) or 96),
-        early_stop_k=int(_get(config, "early_stop_chars", 0)),
+        prefix_attention=str(config_value(vlm_config.model, "prefix_attention", "full")),
+        max_new_tokens=int(config_value(getattr(vlm_config, "eval", {}), "max_new_tokens", 96) or 96),
+        early_stop_k=int(config_value(config, "early_stop_chars", 0)),
     )  # fmt: skip
     return writer, vlm_config
 
@@ -77,14 +72,16 @@ def evaluate(config: Any) -> dict[str, Any]:
     workdir = os.path.abspath(str(config.workdir))
     os.makedirs(os.path.join(workdir, "report", "videos"), exist_ok=True)
     tasks = [resolve(str(name), markovian=mode == "dp_oracle") for name in config.tasks]
-    seeds = range(int(_get(config, "first_seed", 0)), int(_get(config, "first_seed", 0)) + int(config.num_seeds))
-    split = str(_get(config, "object_split", "train"))
-    jobs = make_jobs(tasks, seeds, mode=mode, dataset=str(_get(config, "dataset", "")), object_split=split)
+    seeds = range(
+        int(config_value(config, "first_seed", 0)), int(config_value(config, "first_seed", 0)) + int(config.num_seeds)
+    )
+    split = str(config_value(config, "object_split", "train"))
+    jobs = make_jobs(tasks, seeds, mode=mode, dataset=str(config_value(config, "dataset", "")), object_split=split)
     by_task = {t["task"]: t for t in tasks}
     for job in jobs:
         job["registry"], job["level"] = by_task[job["task"]]["registry"], by_task[job["task"]]["level"]
-    video_seeds = set(list(seeds)[: int(_get(config, "videos_per_task", 0))])
-    max_steps = int(_get(config, "max_steps", 0)) or None
+    video_seeds = set(list(seeds)[: int(config_value(config, "videos_per_task", 0))])
+    max_steps = int(config_value(config, "max_steps", 0)) or None
 
     writer = vlm_config = runner = None
     if mode in ("vlm_oracle", "vlm_dp"):
@@ -92,7 +89,7 @@ def evaluate(config: Any) -> dict[str, Any]:
     if mode != "vlm_oracle":
         from c2a_jax.infer.dp_runner import DiffusionPolicyRunner
 
-        path = str(_get(config, "dp_checkpoint", ""))
+        path = str(config_value(config, "dp_checkpoint", ""))
         if not path:
             raise FileNotFoundError(f"mode {mode!r} needs --config.dp_checkpoint (a train_dp.py work directory)")
         runner = DiffusionPolicyRunner.from_checkpoint(path)
@@ -114,7 +111,7 @@ def evaluate(config: Any) -> dict[str, Any]:
 
         def episode_fn(sim, job):
             record = run_episode(sim, generate, job["seed"], task=job["registry"], task_args=job["task_args"],
-                                 max_queries=int(_get(config, "max_queries", 25)),
+                                 max_queries=int(config_value(config, "max_queries", 25)),
                                  record_frames=job["seed"] in video_seeds)  # fmt: skip
             if record.frames:
                 actions = [c["code"] for c in record.calls if c.get("status") == "action"]
@@ -133,16 +130,17 @@ def evaluate(config: Any) -> dict[str, Any]:
 
         sample = _locked(runner.sample)
         generate = _locked(writer.generate_code) if writer is not None else None
-        n_action = int(_get(config, "n_action_steps", 0)) or int(runner.config.data.n_action_steps)
+        n_action = int(config_value(config, "n_action_steps", 0)) or int(runner.config.data.n_action_steps)
 
         def make_sim(slot: int):
             pool = policy_client(task=first["registry"], task_args=first["task_args"], image_size=image_size,
                                  split=split, log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
             controller = HierarchicalController(
                 sample, generate if mode == "vlm_dp" else None, n_action_steps=n_action,
-                regenerate_on_keystep=bool(_get(config, "regenerate_chunk_on_keystep", True)), seed=slot,
+                regenerate_on_keystep=bool(config_value(config, "regenerate_chunk_on_keystep", True)), seed=slot,
             )  # fmt: skip
-            return types.SimpleNamespace(call=pool.call, close=pool.close, controller=controller)
+            pool.controller = controller
+            return pool
 
         def episode_fn(sim, job):
             record = run_policy_episode(sim, sim.controller, job, max_steps=max_steps,
@@ -163,7 +161,7 @@ def evaluate(config: Any) -> dict[str, Any]:
 
     out_path = os.path.join(workdir, "episodes.jsonl")
     counts = run_jobs(jobs, make_sim=make_sim, episode_fn=safe_episode, out_path=out_path,
-                      num_workers=int(_get(config, "num_workers", 1)))  # fmt: skip
+                      num_workers=int(config_value(config, "num_workers", 1)))  # fmt: skip
     records = [r for r in report.read_records(out_path) if r.get("mode") == mode]
     paths = report.write_report(records, os.path.join(workdir, "report"), title=f"Evaluation: {mode}")
     successes = [bool(r.get("success")) for r in records if not r.get("error")]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from c2a_jax.eval.vlm_oracle import MAX_STEPS, VlmOracleWorker
+from c2a_jax.eval.vlm_oracle import MAX_STEPS, SimulatorClient, VlmOracleWorker
 
 FACTORY = "c2a_jax.eval.policy_episodes:PolicyWorker"
 
@@ -69,14 +69,11 @@ class PolicyWorker(VlmOracleWorker):
 
 
 def policy_client(task: str = "Pick", task_args: dict | None = None, image_size: int = 64, split: str = "train",
-                  max_steps: int = MAX_STEPS, timeout_s: float = 600.0, log_path: str | None = None):  # fmt: skip
-    """A `PolicyWorker` in a child process (a one-worker `WorkerPool`; a crash restarts it and
-    the episode's calls fail with `WorkerError`). Calls: ``client.call("reset", ...)``."""
-    from c2a_jax.sim.worker import WorkerPool
-
-    kwargs = {"task": task, "task_args": dict(task_args or {}), "image_size": image_size, "split": split,
-              "max_steps": max_steps}  # fmt: skip
-    return WorkerPool(FACTORY, kwargs, num_workers=1, timeout_s=timeout_s, max_retries=0, log_path=log_path)
+                  max_steps: int = MAX_STEPS, timeout_s: float = 600.0, log_path: str | None = None) -> SimulatorClient:  # fmt: skip
+    """A `PolicyWorker` in a child process: `SimulatorClient` with this module's factory (a crash
+    restarts the worker and the episode's calls fail with `WorkerError`)."""
+    return SimulatorClient(task=task, task_args=task_args, image_size=image_size, split=split, max_steps=max_steps,
+                           timeout_s=timeout_s, log_path=log_path, factory=FACTORY)  # fmt: skip
 
 
 def _call(sim, method: str, **kwargs):

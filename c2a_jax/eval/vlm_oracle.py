@@ -196,13 +196,17 @@ class SimulatorClient:
     def __init__(self, task: str = "Pick", task_args: dict | None = None, image_size: int = 128,
                  split: str = "train", level: str | None = None, max_steps: int = MAX_STEPS,
                  call_step_limit: int | None = None, images: bool = True, timeout_s: float = 600.0,
-                 python_executable: str | None = None, env: dict | None = None, log_path: str | None = None):  # fmt: skip
+                 python_executable: str | None = None, env: dict | None = None, log_path: str | None = None,
+                 factory: str = FACTORY):  # fmt: skip
         from c2a_jax.sim.worker import WorkerPool
 
         kwargs = {"task": task, "task_args": dict(task_args or {}), "image_size": image_size, "split": split,
                   "level": level, "max_steps": max_steps, "call_step_limit": call_step_limit, "images": images}  # fmt: skip
-        self.pool = WorkerPool(FACTORY, kwargs, num_workers=1, timeout_s=timeout_s, max_retries=0,
+        self.pool = WorkerPool(factory, kwargs, num_workers=1, timeout_s=timeout_s, max_retries=0,
                                python_executable=python_executable, env=env, log_path=log_path)  # fmt: skip
+
+    def call(self, method: str, /, **kwargs) -> Any:
+        return self.pool.call(method, **kwargs)
 
     def reset(self, **kwargs) -> dict[str, Any]:
         return self.pool.call("reset", **kwargs)

@@ -32,17 +32,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from c2a_jax.config import config_value
 from c2a_jax.parallel.rules import DEFAULT_RULES, Rules, normalize_rules
 
 log = logging.getLogger(__name__)
-
-
-def _get(section: Any, key: str, default: Any) -> Any:
-    if section is None:
-        return default
-    if hasattr(section, "get"):
-        return section.get(key, default)
-    return getattr(section, key, default)
 
 
 def initialize(config: Any = None) -> dict[str, int]:
@@ -50,15 +43,15 @@ def initialize(config: Any = None) -> dict[str, int]:
     or None: environment only). Idempotent: a second call, or a call after someone else started
     it, does nothing. With no coordinator address and ``auto`` off this is a single-process run and
     nothing is started. Returns ``{"process_index", "process_count"}``."""
-    section = _get(config, "distributed", config) if config is not None else None
+    section = config_value(config, "distributed", config) if config is not None else None
     if jax.distributed.is_initialized():
         return {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    address = _get(section, "coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-    num = int(_get(section, "num_processes", 0) or os.environ.get("JAX_NUM_PROCESSES", 0) or 0)
-    pid = _get(section, "process_id", -1)
+    address = config_value(section, "coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    num = int(config_value(section, "num_processes", 0) or os.environ.get("JAX_NUM_PROCESSES", 0) or 0)
+    pid = config_value(section, "process_id", -1)
     pid = int(pid if pid is not None and int(pid) >= 0 else os.environ.get("JAX_PROCESS_ID", -1))
-    auto = bool(_get(section, "auto", False))
-    timeout = int(_get(section, "initialization_timeout", 300))
+    auto = bool(config_value(section, "auto", False))
+    timeout = int(config_value(section, "initialization_timeout", 300))
     if not address and not auto:
         return {"process_index": 0, "process_count": 1}
     kwargs: dict[str, Any] = {"initialization_timeout": timeout}

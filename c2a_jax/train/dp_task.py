@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from c2a_jax.config import config_value
 from c2a_jax.data import dp
 from c2a_jax.data.iterators import batched, shuffle_buffer
 from c2a_jax.data.normalization import Normalizer
@@ -72,13 +73,6 @@ LOWDIM_PER_ACTOR = 3  # grid x, grid y (scaled to [-1, 1]), visible
 GRID_CELLS = 10  # the VLM's grid (c2a_jax.data.grid)
 
 
-def _get(section: Any, key: str, default: Any) -> Any:
-    if section is None:
-        return default
-    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
-    return default if value is None else value
-
-
 # ------------------------------------------------------------------------------------------------
 # config -> model pieces
 
@@ -90,11 +84,11 @@ def policy_config(config: Any) -> PolicyConfig:
 
 def frame_config(config: Any) -> dp.DpFrameConfig:
     data = config.data
-    crop = int(_get(data, "crop_size", 0))
-    vlm_file = str(_get(data, "vlm_labels_file", "")) or None
+    crop = int(config_value(data, "crop_size", 0))
+    vlm_file = str(config_value(data, "vlm_labels_file", "")) or None
     return dp.DpFrameConfig(
         level=str(data.code_level), horizon=int(data.horizon), crop_size=crop or None,
-        instruction_source=str(_get(data, "instruction_source", "oracle")), shift_k=int(_get(data, "shift_k", 0)),
+        instruction_source=str(config_value(data, "instruction_source", "oracle")), shift_k=int(config_value(data, "shift_k", 0)),
         vlm_labels_file=vlm_file,
     )  # fmt: skip
 
@@ -102,15 +96,15 @@ def frame_config(config: Any) -> dp.DpFrameConfig:
 def normalizers_from_statistics(config: Any, statistics: Mapping[str, Any]) -> dict[str, Normalizer]:
     """The action and state normalisers of ``data.normalization`` / ``data.normalize_gripper``."""
     data = config.data
-    return dp.dp_normalizers(statistics, str(_get(data, "normalization", "min_max")),
-                             bool(_get(data, "normalize_gripper", False)))  # fmt: skip
+    return dp.dp_normalizers(statistics, str(config_value(data, "normalization", "min_max")),
+                             bool(config_value(data, "normalize_gripper", False)))  # fmt: skip
 
 
 def lowdim_actors(config: Any, policy: PolicyConfig) -> int:
     """Actors in the lowdim vector (0 for image policies); checks ``model.lowdim_dim`` against it."""
     if policy.observation != "lowdim":
         return 0
-    actors = int(_get(config.data, "lowdim_actors", 4))
+    actors = int(config_value(config.data, "lowdim_actors", 4))
     want = STATE_DIM + LOWDIM_PER_ACTOR * actors
     if policy.lowdim_dim != want:
         raise ValueError(
@@ -167,10 +161,10 @@ def text_encoder(config: Any) -> tuple[T5EncoderModel, T5Tokenizer]:
     ``model.text_width``), or a random T5 of that width seeded by ``text.random_seed``."""
     from c2a_jax.data.tokenizer import TINY
 
-    text = _get(config, "text", None)
+    text = config_value(config, "text", None)
     width = int(config.model.text_width)
-    checkpoint = str(_get(config.model, "t5_checkpoint", ""))
-    spec = str(_get(text, "tokenizer", "")) or (checkpoint if checkpoint else TINY)
+    checkpoint = str(config_value(config.model, "t5_checkpoint", ""))
+    spec = str(config_value(text, "tokenizer", "")) or (checkpoint if checkpoint else TINY)
     tokenizer = T5Tokenizer(spec)
     if checkpoint:
         from c2a_jax.convert.t5 import load_t5_encoder
@@ -185,19 +179,19 @@ def text_encoder(config: Any) -> tuple[T5EncoderModel, T5Tokenizer]:
                 f"tokenizer {spec} has {tokenizer.vocab_size} tokens, the T5 in {checkpoint} only {t5_config.vocab_size}"
             )
         return encoder, tokenizer
-    if not bool(_get(text, "allow_random", True)):
+    if not bool(config_value(text, "allow_random", True)):
         raise FileNotFoundError(
             "model.t5_checkpoint is empty and this config allows no random T5 (text.allow_random): "
             "pass --config.model.t5_checkpoint=<a Hugging Face T5 directory, e.g. t5-small>"
         )
-    heads = int(_get(text, "random_heads", 4))
+    heads = int(config_value(text, "random_heads", 4))
     if width % heads:
         raise ValueError(f"model.text_width {width} does not split into text.random_heads={heads} heads")
     t5_config = T5Config(
         vocab_size=-(-tokenizer.vocab_size // 64) * 64, d_model=width, d_kv=width // heads, d_ff=4 * width,
-        num_layers=int(_get(text, "random_layers", 2)), num_heads=heads, feed_forward_proj="gated-gelu",
+        num_layers=int(config_value(text, "random_layers", 2)), num_heads=heads, feed_forward_proj="gated-gelu",
     )  # fmt: skip
-    return random_t5(t5_config, int(_get(text, "random_seed", 0))), tokenizer
+    return random_t5(t5_config, int(config_value(text, "random_seed", 0))), tokenizer
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -296,11 +290,11 @@ class TextEmbeddingCache:
 
 def embedding_cache(config: Any) -> tuple[TextEmbeddingCache, T5Tokenizer]:
     """The text encoder of `config` behind a `TextEmbeddingCache` (``text`` section sizes)."""
-    text = _get(config, "text", None)
+    text = config_value(config, "text", None)
     encoder, tokenizer = text_encoder(config)
     cache = TextEmbeddingCache(
-        encoder, tokenizer, int(_get(text, "max_length", 64)), pad_id=tokenizer.pad_id,
-        batch_size=int(_get(text, "batch_size", 64)), capacity=int(_get(text, "cache_size", 100_000)),
+        encoder, tokenizer, int(config_value(text, "max_length", 64)), pad_id=tokenizer.pad_id,
+        batch_size=int(config_value(text, "batch_size", 64)), capacity=int(config_value(text, "cache_size", 100_000)),
     )  # fmt: skip
     return cache, tokenizer
 
@@ -386,7 +380,7 @@ def dp_batches(
         for episode in episodes:
             yield from episode_frames(episode, fc, normalizers, source, rng, train=True, actors=actors)
 
-    shuffled = shuffle_buffer(frames(), int(_get(config.data, "shuffle_size", 1024)), rng)
+    shuffled = shuffle_buffer(frames(), int(config_value(config.data, "shuffle_size", 1024)), rng)
     yield from batched(shuffled, batch_size, lambda group: make_batch(group, policy, cache))
 
 
@@ -539,7 +533,7 @@ def make_eval_fn(config: Any, batch: Mapping[str, np.ndarray]) -> Callable[[Code
     compared with its action chunks (`chunk_errors`)."""
     sampler = make_sampler(int(config.diffusion.num_inference_steps))
     inputs = {k: v for k, v in batch.items() if k not in ("action", "action_mask")}
-    executed = int(_get(config.data, "n_action_steps", config.data.horizon))
+    executed = int(config_value(config.data, "n_action_steps", config.data.horizon))
     seed = int(config.seed)
 
     def eval_fn(model: CodePolicy, step: int) -> dict[str, float]:
@@ -594,7 +588,7 @@ def train_dp(config: Any, source: EpisodeSource | None = None) -> dict[str, Any]
         episodes = source.train(int(config.seed), process_index, process_count)
         return dp_batches(episodes, config, policy, normalizers, cache, global_batch // process_count, rng)
 
-    n_eval = int(_get(_get(config, "eval", None), "frames", 0))
+    n_eval = int(config_value(config_value(config, "eval", None), "frames", 0))
     frames = validation_frames(config, source, normalizers, policy, n_eval) if n_eval else []
     eval_fn = make_eval_fn(config, make_batch(frames, policy, cache)) if frames else None
 

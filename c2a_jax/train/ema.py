@@ -27,10 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _get(section: Any, key: str, default: Any) -> Any:
-    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
-    return default if value is None else value
+from c2a_jax.config import config_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +51,15 @@ class EmaConfig:
     @classmethod
     def from_config(cls, train: Any) -> EmaConfig | None:
         """The EMA a ``train`` section asks for, or None (``ema_power`` 0 or absent)."""
-        power = float(_get(train, "ema_power", 0.0))
+        power = float(config_value(train, "ema_power", 0.0))
         if power == 0.0:
             return None
         return cls(
             power=power,
-            max_decay=float(_get(train, "ema_max_decay", 0.9999)),
-            min_decay=float(_get(train, "ema_min_decay", 0.0)),
-            update_after_step=int(_get(train, "ema_update_after_step", 0)),
-            inv_gamma=float(_get(train, "ema_inv_gamma", 1.0)),
+            max_decay=float(config_value(train, "ema_max_decay", 0.9999)),
+            min_decay=float(config_value(train, "ema_min_decay", 0.0)),
+            update_after_step=int(config_value(train, "ema_update_after_step", 0)),
+            inv_gamma=float(config_value(train, "ema_inv_gamma", 1.0)),
         )
 
     def decay(self, optimization_step: jax.Array | int) -> jax.Array:

@@ -41,12 +41,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from c2a_jax.config import config_value
+
 DEFAULT_WEIGHT_DECAY_EXCLUDE = (r".*norm.*", r".*bias", r".*/scale")
-
-
-def _get(section: Any, key: str, default: Any) -> Any:
-    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
-    return default if value is None else value
 
 
 def param_path(path: Sequence[Any]) -> str:
@@ -107,16 +104,16 @@ class ParamGroups:
     @classmethod
     def from_config(cls, train: Any) -> ParamGroups:
         groups = []
-        for group in _get(train, "param_groups", ()):
+        for group in config_value(train, "param_groups", ()):
             if not isinstance(group, Mapping) or "pattern" not in group:
                 raise ValueError(
                     f"train.param_groups entries must be {{'pattern': ..., 'lr_scale': ...}}, got {group!r}"
                 )
             groups.append((str(group["pattern"]), float(group.get("lr_scale", 1.0))))
         return cls(
-            freeze=tuple(_get(train, "freeze", ())),
+            freeze=tuple(config_value(train, "freeze", ())),
             groups=tuple(groups),
-            decay_exclude=tuple(_get(train, "weight_decay_exclude", DEFAULT_WEIGHT_DECAY_EXCLUDE)),
+            decay_exclude=tuple(config_value(train, "weight_decay_exclude", DEFAULT_WEIGHT_DECAY_EXCLUDE)),
         )
 
     def lr_scale(self, path: str) -> float:
@@ -186,20 +183,20 @@ class Optimizer:
 def make_optimizer(train: Any) -> Optimizer:
     """The optimizer of a config's ``train`` section (keys in the module docstring)."""
     schedule = warmup_cosine_schedule(
-        float(_get(train, "learning_rate", 1e-3)),
-        int(_get(train, "warmup_steps", 0)),
-        int(_get(train, "steps", 1)),
-        float(_get(train, "end_lr_fraction", 0.0)),
+        float(config_value(train, "learning_rate", 1e-3)),
+        int(config_value(train, "warmup_steps", 0)),
+        int(config_value(train, "steps", 1)),
+        float(config_value(train, "end_lr_fraction", 0.0)),
     )
     groups = ParamGroups.from_config(train)
     return build_optimizer(
         schedule,
         groups,
-        b1=float(_get(train, "b1", 0.9)),
-        b2=float(_get(train, "b2", 0.999)),
-        eps=float(_get(train, "eps", 1e-8)),
-        weight_decay=float(_get(train, "weight_decay", 0.0)),
-        grad_clip=float(_get(train, "grad_clip", 0.0)),
+        b1=float(config_value(train, "b1", 0.9)),
+        b2=float(config_value(train, "b2", 0.999)),
+        eps=float(config_value(train, "eps", 1e-8)),
+        weight_decay=float(config_value(train, "weight_decay", 0.0)),
+        grad_clip=float(config_value(train, "grad_clip", 0.0)),
     )
 
 

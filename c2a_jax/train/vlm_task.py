@@ -24,16 +24,13 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from c2a_jax.config import config_value
 from c2a_jax.data import rlds, vlm
 from c2a_jax.data.normalization import load_statistics
 from c2a_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from c2a_jax.models.clip import ClipVisionConfig
 from c2a_jax.models.llava import LlavaConfig, LlavaForConditionalGeneration
 from c2a_jax.models.phi3 import Phi3Config
-
-
-def _get(section: Any, key: str, default: Any) -> Any:
-    return section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
 
 
 def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> LlavaConfig:
@@ -44,11 +41,13 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
     section. Otherwise: widths, depths and heads from the section; ``text_intermediate`` /
     ``vision_intermediate`` (0: ``mlp_ratio`` x width), ``vocab_size`` (0: the tokenizer's, rounded
     up to a multiple of 64), ``vision_feature_layer`` (-2, LLaVA's)."""
-    dtype = str(_get(model, "dtype", "float32"))
-    param_dtype = str(_get(model, "param_dtype", "float32"))
-    remat = bool(_get(model, "remat", False))
-    lora = dict(lora_rank=int(_get(model, "lora_rank", 0)), lora_alpha=float(_get(model, "lora_alpha", 16.0)))
-    init_from = str(_get(model, "init_from", "") or "")
+    dtype = str(config_value(model, "dtype", "float32"))
+    param_dtype = str(config_value(model, "param_dtype", "float32"))
+    remat = bool(config_value(model, "remat", False))
+    lora = dict(
+        lora_rank=int(config_value(model, "lora_rank", 0)), lora_alpha=float(config_value(model, "lora_alpha", 16.0))
+    )
+    init_from = str(config_value(model, "init_from", "") or "")
     if init_from:
         config_file = os.path.join(init_from, "config.json")
         if not os.path.isfile(config_file):
@@ -73,15 +72,17 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
     mlp = int(model.mlp_ratio)
     vision_width, text_width = int(model.vision_width), int(model.text_width)
     vision = ClipVisionConfig(
-        hidden_size=vision_width, intermediate_size=int(_get(model, "vision_intermediate", 0)) or vision_width * mlp,
+        hidden_size=vision_width, intermediate_size=int(config_value(model, "vision_intermediate", 0)) or vision_width * mlp,
         num_hidden_layers=int(model.vision_layers), num_attention_heads=int(model.vision_heads),
         image_size=int(image_size), patch_size=int(model.patch_size), dtype=dtype, param_dtype=param_dtype,
         remat=remat,
     )  # fmt: skip
-    vocab = int(_get(model, "vocab_size", 0)) or -(-tokenizer.vocab_size // 64) * 64  # shardable, room for new tokens
+    vocab = (
+        int(config_value(model, "vocab_size", 0)) or -(-tokenizer.vocab_size // 64) * 64
+    )  # shardable, room for new tokens
     text = Phi3Config(
         vocab_size=vocab, hidden_size=text_width,
-        intermediate_size=int(_get(model, "text_intermediate", 0)) or text_width * mlp,
+        intermediate_size=int(config_value(model, "text_intermediate", 0)) or text_width * mlp,
         num_hidden_layers=int(model.text_layers), num_attention_heads=int(model.text_heads),
         num_key_value_heads=int(model.text_kv_heads), max_position_embeddings=4096,
         original_max_position_embeddings=4096, pad_token_id=tokenizer.pad_id,
@@ -89,14 +90,14 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
         eos_token_id=tokenizer.eos_id, dtype=dtype, param_dtype=param_dtype, remat=remat, **lora,
     )  # fmt: skip
     return LlavaConfig(
-        vision, text, tokenizer.image_id, vision_feature_layer=int(_get(model, "vision_feature_layer", -2))
+        vision, text, tokenizer.image_id, vision_feature_layer=int(config_value(model, "vision_feature_layer", -2))
     )
 
 
 def pretrained_params(model: Any, llava: LlavaConfig):
     """``init_params`` for the loop when ``model.init_from`` names a Hugging Face LLaVA: a callable
     reading its safetensors into {parameter path: host array} (adapters left to their init)."""
-    init_from = str(_get(model, "init_from", "") or "")
+    init_from = str(config_value(model, "init_from", "") or "")
     if not init_from:
         return None
 
@@ -121,7 +122,7 @@ def example_config(data: Any) -> vlm.VlmExampleConfig:
         level=str(data.code_level),
         keystep_request_fraction=float(data.keystep_request_fraction),
         grid_question_fraction=float(data.grid_question_fraction),
-        shift_k=int(_get(data, "shift_k", 0)),
+        shift_k=int(config_value(data, "shift_k", 0)),
     )
 
 
@@ -204,9 +205,9 @@ def train_vlm(config: Any) -> dict[str, Any]:
     tokenizer = load_tokenizer(str(config.data.tokenizer))
     llava = llava_config(config.model, int(config.data.image_size), tokenizer)
     tok = vlm_tokenizer(config, llava, tokenizer)
-    prefix_attention = str(_get(config.model, "prefix_attention", "full"))
-    evaluation = _get(config, "eval", None)
-    n_eval = int(_get(evaluation, "examples", 0)) if evaluation is not None else 0
+    prefix_attention = str(config_value(config.model, "prefix_attention", "full"))
+    evaluation = config_value(config, "eval", None)
+    n_eval = int(config_value(evaluation, "examples", 0)) if evaluation is not None else 0
     examples = validation_examples(config, n_eval) if n_eval else []
 
     def model_fn(rngs: nnx.Rngs) -> LlavaForConditionalGeneration:
@@ -217,7 +218,7 @@ def train_vlm(config: Any) -> dict[str, Any]:
             return {}
         return exact_match(model, tokenizer, examples, template=str(config.data.template),
                            prefix_attention=prefix_attention,
-                           max_new_tokens=int(_get(evaluation, "max_new_tokens", 96)))  # fmt: skip
+                           max_new_tokens=int(config_value(evaluation, "max_new_tokens", 96)))  # fmt: skip
 
     text = llava.text
     abstract = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
