@@ -8,7 +8,9 @@
 ``episodes/seed_*.json`` + ``.npz``). The builder config is the episodes' robot (``--robot auto``,
 the default, reads the ``robot`` field of the first episode's JSON; our own recorder's episodes have
 none and are ``panda_vacuum``; the released ClevrSkills data is ``xarm6_vacuum``); an episode of
-another robot stops the build with a message naming it. The dataset is written to
+another robot stops the build with a message naming it. Shards of ``generate_demos.py --num-shards n``
+(``<demos>/shard-XXXXX-of-YYYYY/<dataset>/``) are read as one dataset; a missing shard stops the build
+(exit status 2) unless ``--allow-missing-shards``. The dataset is written to
 ``<out>/clevrskills_rlds/<robot>/1.0.0`` with ``dataset_statistics.json`` beside it, and can be read
 with plain TFDS: ``tfds.builder_from_directory("<out>/clevrskills_rlds/panda_vacuum/1.0.0")``.
 
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         choices=("auto", "panda_vacuum", "xarm6_vacuum"),
         help="builder config: the episodes' robot (auto: from the first episode's JSON)",
+    )
+    ap.add_argument(
+        "--allow-missing-shards", action="store_true", help="build from the shards present even if some are missing"
     )
     args = ap.parse_args(argv)
     if not os.path.isdir(args.demos):
@@ -83,6 +88,12 @@ def _episode_error(error: BaseException):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from c2a_jax.data.demo_shards import missing_shards
+
+    problems = missing_shards(args.demos)
+    if problems and not args.allow_missing_shards:
+        print(f"error: {args.demos}: {'; '.join(problems)} (or pass --allow-missing-shards)", file=sys.stderr)
+        return 2
     try:
         builder = build(args.demos, args.out, overwrite=args.overwrite, progress=not args.no_progress, robot=args.robot)
     except Exception as e:  # noqa: BLE001  (report bad input files plainly, re-raise anything else)

@@ -11,6 +11,13 @@ arguments (e.g. ``PlaceOnTop-spawn_at_gripper=True``). A rerun skips every seed 
 manifest (successful or not) and retries seeds whose worker crashed. Seeds run from ``--seed``
 upwards until ``--num-episodes`` successes are kept or ``--max-attempts`` seeds were tried.
 ``--save-video`` also writes an mp4 of both cameras for each kept episode.
+
+Many machines: ``--shard-index i --num-shards n`` (e.g. a SLURM array, ``tools/launch/demos_array.sbatch``)
+makes this run shard i of the same job: it tries the seeds ``--seed + i, + i + n, ...`` (at most
+``ceil(max_attempts / n)``), keeps its share of ``--num-episodes`` (both stay the whole job's totals, so
+every shard gets the same command line) and writes to ``<out>/shard-<i>-of-<n>/<name>/``. The shards'
+seeds are disjoint, and ``build_rlds.py --demos <out>`` reads all shards as one dataset (after copying
+the shard folders into one ``<out>``, unless they share a filesystem); see `c2a_jax.data.demo_shards`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from c2a_jax.data.demo_shards import shard_dir_name, shard_quota, shard_seeds  # noqa: E402
 from c2a_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -87,7 +95,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a worker counts as hung")
     ap.add_argument("--save-video", action="store_true")
+    ap.add_argument("--shard-index", type=int, default=0, help="this machine's shard (0-based; see above)")
+    ap.add_argument("--num-shards", type=int, default=1, help="machines sharing the job (1: no sharding)")
     args = ap.parse_args(argv)
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        ap.error(
+            f"need --num-shards >= 1 and 0 <= --shard-index < --num-shards, got {args.shard_index} of {args.num_shards}"
+        )
+    if args.num_shards > args.num_episodes:
+        ap.error(f"--num-shards {args.num_shards} is more than --num-episodes {args.num_episodes}")
     try:
         args.task_args = json.loads(args.task_args)
         if not isinstance(args.task_args, dict):
@@ -105,21 +121,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def shard_plan(args: argparse.Namespace) -> dict:
+    """This run's share of the job: directory, episodes to keep, seeds to try (all of them when unsharded)."""
+    name = dataset_name(args.task, args.task_args)
+    max_attempts = args.max_attempts or 2 * args.num_episodes + 10
+    root = (
+        args.out if args.num_shards == 1 else os.path.join(args.out, shard_dir_name(args.shard_index, args.num_shards))
+    )
+    return {
+        "name": name,
+        "directory": os.path.join(root, name),
+        "num_episodes": shard_quota(args.num_episodes, args.shard_index, args.num_shards),
+        "seeds": shard_seeds(args.seed, max_attempts, args.shard_index, args.num_shards),
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
     from c2a_jax.sim.worker import WorkerPool
 
-    name = dataset_name(args.task, args.task_args)
-    directory = os.path.join(args.out, name)
+    plan = shard_plan(args)
+    name, directory = plan["name"], plan["directory"]
+    args.num_episodes = plan["num_episodes"]
     episodes_dir = os.path.join(directory, "episodes")
     os.makedirs(episodes_dir, exist_ok=True)
     manifest_path = os.path.join(directory, "manifest.jsonl")
     done = {s: r for s, r in read_manifest(manifest_path).items() if r["status"] != "error"}
     kept = sum(1 for r in done.values() if r["status"] == "success")
-    max_attempts = args.max_attempts or 2 * args.num_episodes + 10
-    todo = [s for s in range(args.seed, args.seed + max_attempts) if s not in done]
+    todo = [s for s in plan["seeds"] if s not in done]
 
     factory_kwargs = {"task": args.task, "task_args": args.task_args, "image_size": args.image_size,
                       "split": args.split, "max_steps": args.max_steps}  # fmt: skip
@@ -167,6 +198,8 @@ def main(argv=None) -> int:
         "errors": sum(1 for r in records.values() if r["status"] == "error"),
         "seconds": round(time.time() - start, 1),
     }
+    if args.num_shards > 1:
+        summary.update(shard_index=args.shard_index, num_shards=args.num_shards, quota=args.num_episodes)
     atomic_write_text(os.path.join(directory, "summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0 if summary["kept"] >= args.num_episodes else 1

@@ -13,6 +13,9 @@ read from the TFDS *manual directory*, which holds one or more dataset directori
 
     <manual_dir>/<dataset>/episodes/seed_000000.json + seed_000000.npz
     <manual_dir>/<dataset>/episodes/seed_000000_variant_1.json + .npz   (task variant 1 of seed 0)
+    <manual_dir>/shard-00003-of-00016/<dataset>/episodes/...           (generate_demos.py --num-shards)
+
+Shards of one dataset merge into it (same dataset name); an episode found twice is an error.
 
 Robots: one builder config per robot, since the joint vector differs: ``panda_vacuum`` (the
 default: our simulator's Panda with the vacuum tool, 12 joints) and ``xarm6_vacuum`` (the xArm6
@@ -71,11 +74,13 @@ _hide_gpus_from_tensorflow()
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 try:
+    from c2a_jax.data.demo_shards import dataset_dirs
     from c2a_jax.data.grid import grid_positions
     from c2a_jax.data.labels import LEVELS, step_labels
     from c2a_jax.fileio import atomic_write_text
 except ImportError:  # `tfds build` from a checkout that was not `pip install -e`-ed
     sys.path.insert(0, _ROOT)
+    from c2a_jax.data.demo_shards import dataset_dirs
     from c2a_jax.data.grid import grid_positions
     from c2a_jax.data.labels import LEVELS, step_labels
     from c2a_jax.fileio import atomic_write_text
@@ -231,11 +236,9 @@ def robot_of_episodes(episodes: list[EpisodeFiles]) -> str:
 
 
 def _dataset_dirs(manual_dir: str) -> list[str]:
-    """Dataset directories (those with an ``episodes/`` folder) in `manual_dir`, or itself."""
-    if os.path.isdir(os.path.join(manual_dir, "episodes")):
-        return [manual_dir]
-    names = sorted(os.listdir(manual_dir)) if os.path.isdir(manual_dir) else []
-    return [os.path.join(manual_dir, n) for n in names if os.path.isdir(os.path.join(manual_dir, n, "episodes"))]
+    """Dataset directories (those with an ``episodes/`` folder) in `manual_dir` and in its
+    ``shard-XXXXX-of-YYYYY`` folders (`c2a_jax.data.demo_shards`), or itself."""
+    return dataset_dirs(manual_dir)
 
 
 def discover_episodes(manual_dir: str | os.PathLike) -> list[EpisodeFiles]:
@@ -264,6 +267,14 @@ def discover_episodes(manual_dir: str | os.PathLike) -> list[EpisodeFiles]:
             )
         name = os.path.basename(os.path.normpath(directory))
         episodes += [EpisodeFiles(name, stem + ".json", stem + ".npz") for stem in sorted(jsons)]
+    seen: dict[str, str] = {}
+    for episode in episodes:  # shards of one dataset must hold disjoint seeds
+        if episode.key in seen:
+            raise EpisodeFileError(
+                f"episode {episode.key} is in two places: {seen[episode.key]} and {episode.json_path} "
+                "(overlapping shards? each shard must run its own seeds)"
+            )
+        seen[episode.key] = episode.json_path
     return episodes
 
 
