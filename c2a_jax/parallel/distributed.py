@@ -15,6 +15,12 @@ Config section (``config.distributed``); each value falls back to an environment
                                            # (SLURM, Open MPI, TPU pods, ...) when no address is given
     distributed.initialization_timeout = 300
 
+Training configs carry this section (``c.distributed = distributed.config_section()``) so that the
+command line can set it (``--config.distributed.auto=true`` on a TPU pod). ``JAX_LOCAL_DEVICE_IDS``
+("0,1,...,7") is read by `jax.distributed.initialize` itself: set it when one process drives every
+GPU of a SLURM node, since JAX's SLURM detection otherwise gives each process only the GPU numbered
+by its ``SLURM_LOCALID`` (docs/launch.md).
+
 On CPU the cross-process collectives go through gloo (``jax_cpu_collectives_implementation``);
 the setting only concerns the CPU client, so it is set whenever several processes start.
 """
@@ -36,6 +42,22 @@ from c2a_jax.config import config_value
 from c2a_jax.parallel.rules import DEFAULT_RULES, Rules, normalize_rules
 
 log = logging.getLogger(__name__)
+
+# The ``distributed`` config section and its defaults (also what `c2a_jax.train.loop` fills in).
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "coordinator_address": "",
+    "num_processes": 0,
+    "process_id": -1,
+    "auto": False,
+    "initialization_timeout": 300,
+}
+
+
+def config_section():
+    """A fresh ``distributed`` config section with the defaults, for a config file's ``get_config``."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(CONFIG_DEFAULTS))
 
 
 def initialize(config: Any = None) -> dict[str, int]:

@@ -69,13 +69,7 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
     "sharding": {"rules": rules_lib.DEFAULT_RULES, "min_fsdp_bytes": 1 << 16},
-    "distributed": {
-        "coordinator_address": "",
-        "num_processes": 0,
-        "process_id": -1,
-        "auto": False,
-        "initialization_timeout": 300,
-    },
+    "distributed": dict(distributed.CONFIG_DEFAULTS),
     "train": {
         "steps": 1000,
         "batch_size": 0,

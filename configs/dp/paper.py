@@ -38,6 +38,8 @@ success rates come from the simulator evaluation (evaluate.py).
 
 import ml_collections
 
+from c2a_jax.parallel.distributed import config_section
+
 MODES = ("hierarchical", "flat", "oracle")
 
 
@@ -113,6 +115,9 @@ def get_config(arg=None):
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
+
+    # several hosts (docs/launch.md): coordinator_address / num_processes / process_id, or auto on TPU pods
+    c.distributed = config_section()
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256

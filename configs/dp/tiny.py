@@ -19,6 +19,8 @@ in <workdir>/checkpoints, metrics in <workdir>/metrics.jsonl. Use the policy wit
 
 import ml_collections
 
+from c2a_jax.parallel.distributed import config_section
+
 MODES = ("hierarchical", "flat", "oracle")
 
 
@@ -97,6 +99,9 @@ def get_config(arg=None):
     c.mesh.data = 1
     c.mesh.fsdp = -1  # every device: FSDP over parameters and batch
     c.mesh.tensor = 1
+
+    # several hosts (docs/launch.md): coordinator_address / num_processes / process_id, or auto on TPU pods
+    c.distributed = config_section()
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32

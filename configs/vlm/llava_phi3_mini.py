@@ -24,6 +24,7 @@ trainable 3.8B (30 GB) + gradients, divided by n; activations with remat at batc
 import ml_collections
 
 from c2a_jax.config import placeholder
+from c2a_jax.parallel.distributed import config_section
 
 
 def get_config(arg=None):
@@ -77,6 +78,9 @@ def get_config(arg=None):
     c.mesh.data = 1
     c.mesh.fsdp = -1  # every device
     c.mesh.tensor = 1
+
+    # several hosts (docs/launch.md): coordinator_address / num_processes / process_id, or auto on TPU pods
+    c.distributed = config_section()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.examples = 256

@@ -12,6 +12,8 @@ once measured); checkpoints in <workdir>/checkpoints, metrics in <workdir>/metri
 
 import ml_collections
 
+from c2a_jax.parallel.distributed import config_section
+
 
 def get_config(arg=None):
     args = dict(level="fine", image_size=64)
@@ -60,6 +62,9 @@ def get_config(arg=None):
     c.mesh.data = 1
     c.mesh.fsdp = -1  # every device: FSDP over parameters and batch
     c.mesh.tensor = 1
+
+    # several hosts (docs/launch.md): coordinator_address / num_processes / process_id, or auto on TPU pods
+    c.distributed = config_section()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.examples = 32  # validation code examples decoded greedily for exact match (0: off)
