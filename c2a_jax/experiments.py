@@ -533,13 +533,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = load_plan(args.config)
     except ConfigError as e:
         ap.exit(2, f"error: {e}\n")
-    if action == "view":
-        if not args.dataset:
+    if action in ("view", "report"):
+        if action == "view" and not args.dataset:
             ap.error("view needs --dataset")
-        print(make_view(plan, args.dataset))
-        return 0
-    if action == "report":
-        print(json.dumps(write_plan_report(plan), indent=2))
+        try:  # a dataset the plan lacks, demos not generated yet, no evaluation yet: one line
+            result = make_view(plan, args.dataset) if action == "view" else write_plan_report(plan)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(result if action == "view" else json.dumps(result, indent=2))
         return 0
     if args.check:
         problems = check_plan(plan, args.config)
