@@ -79,6 +79,8 @@ def _pmp_target(state: dict) -> tuple[list, Any, Any]:
         )
         pre.append(Assign(Var("target_pose"), expr))
         return pre, Var("target_pose"), None
+    if fn == "on_top":  # the get_supporting_actor form needs the key-step image in the prompt: never in NL
+        return pre, None, _actor(state["target_actor"])
     if fn is not None:
         return pre, None, None
     if state.get("target_actor") is not None:
