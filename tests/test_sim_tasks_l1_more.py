@@ -1,6 +1,7 @@
-"""The rest of issue 9's tasks: FollowOrder (and its restore form), Neighbour and Sort2d. Each
-builds and its oracle solves a fixed seed, with the level-1 code the spec gives for it. Physics
-only (no images): rollouts run at 32 px with rendering off, under a short step limit.
+"""The rest of issue 9's tasks: FollowOrder (and its restore form), Neighbour, Sort2d and
+RotateSymmetry. Each builds and its oracle solves a fixed seed, with the level-1 code the spec
+gives for it. Physics only (no images): rollouts run at 32 px with rendering off, under a short
+step limit.
 """
 
 import re
@@ -68,3 +69,19 @@ def test_area_tasks_put_every_object_in_its_area(task, seed):
     else:
         assert prompt == "Place the objects in the identically textured areas"
         assert all(a.spec.colour == area.spec.colour for a, area in pairs)
+
+
+def test_rotate_symmetry_turns_both_identically_coloured_objects():
+    task, meta, code = solve("RotateSymmetry", 0)
+    a, b = task.actor_a, task.actor_b
+    assert a.spec.colour == b.spec.colour and a is not b
+    d = task.signed_degrees
+    rotate = "target_pose = rotate_z(get_pose(actor=get_actor('{0}')), {1})\n" + (
+        "pick_move3d_place(actor=get_actor('{0}'), target_pose=target_pose, match_ori=True)"
+    )
+    assert code == [rotate.format(a.name, d), rotate.format(b.name, d), "done()"]
+    direction = "clockwise" if task.clockwise else "anti-clockwise"
+    assert meta["natural_prompts"] == [
+        f"Rotate objects with {a.spec.colour} texture {task.degrees} degrees {direction}",
+        f"Rotate identically textured objects {task.degrees} degrees {direction}",
+    ]
