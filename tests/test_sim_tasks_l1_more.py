@@ -1,7 +1,7 @@
-"""The rest of issue 9's tasks: FollowOrder (and its restore form), Neighbour, Sort2d and
-RotateSymmetry. Each builds and its oracle solves a fixed seed, with the level-1 code the spec
-gives for it. Physics only (no images): rollouts run at 32 px with rendering off, under a short
-step limit.
+"""The rest of issue 9's tasks: FollowOrder (and its restore form), Neighbour, Sort2d,
+RotateSymmetry, Swap by pushing and SwapRotate. Each builds and its oracle solves a fixed seed,
+with the level-1 code the spec gives for it. Physics only (no images): rollouts run at 32 px with
+rendering off, under a short step limit.
 """
 
 import re
@@ -85,3 +85,34 @@ def test_rotate_symmetry_turns_both_identically_coloured_objects():
         f"Rotate objects with {a.spec.colour} texture {task.degrees} degrees {direction}",
         f"Rotate identically textured objects {task.degrees} degrees {direction}",
     ]
+
+
+def test_swap_rotate_code_reads_the_stored_poses():
+    task, meta, code = solve("SwapRotate", 0, max_steps=1000)
+    a, b, d = task.actor_a.name, task.actor_b.name, task.signed_degrees
+    assert code[1] == (
+        f"target_pose = rotate_z(Pose(pose_dict['{a}'].p, pose_dict['{b}'].q), {d})\n"
+        f"pick_move3d_place(actor=get_actor('{b}'), target_pose=target_pose, match_ori=True)"
+    )
+    assert code[2].startswith(f"target_pose = rotate_z(Pose(pose_dict['{b}'].p, pose_dict['{a}'].q), {d})\n")
+    assert code[0].startswith(f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))") and code[-1] == "done()"
+    assert meta["natural_prompts"][0].endswith(f" while rotating them by {task.degrees} degrees " + (
+        "clockwise" if task.clockwise else "anti-clockwise"))  # fmt: skip
+
+
+def test_swap_by_pushing_builds_and_pushes_first_to_the_free_space():
+    """Our push oracle rarely completes the swap (README task table), so only its start is checked."""
+    env = make("Swap", push=True)
+    try:
+        meta = record_oracle_episode(env, seed=0, max_steps=3, images=False)["meta"]
+        a, b = env.task.actor_a.name, env.task.actor_b.name
+        assert meta["natural_prompts"][0] == f"Swap positions of the {a} and the {b} by pushing"
+        assert keysteps(meta)[0] == (
+            f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
+            f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
+            f"push(actor=get_actor('{a}'), target_pose=free_space(actor=get_actor('{a}')))"
+        )
+        assert all(type(s).__name__ == "AtPositionPushed" for s in env.task.steps)
+        assert meta["traces"][0][1]["solver_class"] == "PushSolver"
+    finally:
+        env.close()

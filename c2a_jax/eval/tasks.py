@@ -34,6 +34,8 @@ PAPER_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "Neighbour": ("Neighbour", {"num_areas": 3}, "L1"),
     "Sort2d": ("Sort2d", {"num_actors": 4, "num_areas": 3}, "L1"),
     "RotateSymmetry": ("RotateSymmetry", {"num_actors": 4}, "L1"),
+    "SwapPush": ("Swap", {"push": True}, "L2"),
+    "SwapRotate": ("SwapRotate", {}, "L2"),
 }
 # DP+Oracle (paper 5.1, Figure 4): the Markovian form of a task, where one exists.
 MARKOVIAN: dict[str, tuple[str, dict[str, Any]]] = {"Swap": ("SwapMarkovian", {})}
