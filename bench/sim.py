@@ -30,9 +30,22 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "NovelNoun": {"num_actors": 3, "num_areas": 3},
     "Swap": {},
     "SwapMarkovian": {},
+    "FollowOrder": {"num_areas": 4, "num_predicates": 4},
+    "FollowOrder-restore": {"num_areas": 2, "num_predicates": 2, "restore": True},
+    "Neighbour": {"num_areas": 3},
+    "Sort2d": {"num_actors": 4, "num_areas": 3},
+    "RotateSymmetry": {"num_actors": 4},
+    "SwapPush": {"push": True},
+    "SwapRotate": {},
 }
+# Bench names that are another registry task with arguments.
+REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap"}
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
-MAX_STEPS = dict.fromkeys(("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian"), 1000)
+MAX_STEPS = dict.fromkeys(
+    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian", "FollowOrder",
+     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate"),
+    1000,
+)  # fmt: skip
 
 
 def ours_steps_per_s(size: int, steps: int) -> float:
@@ -75,7 +88,7 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     for task in tasks:
-        name, args = ("Touch", TASKS[task]) if task in ("Topple", "Push-away") else (task, TASKS[task])
+        name, args = REGISTRY.get(task, task), TASKS[task]
         kwargs = {"task": name, "task_args": args, "image_size": 128, "max_steps": MAX_STEPS.get(task, 500)}
         with WorkerPool("c2a_jax.sim.rollout:OracleWorker", kwargs, num_workers=workers,
                         env={"PYTHONPATH": root}) as pool:  # fmt: skip

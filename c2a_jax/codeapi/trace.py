@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 from c2a_jax.codeapi.keysteps import comment
-from c2a_jax.codeapi.nodes import Actor, Assign, Call, PoseEntry, Program, Var
+from c2a_jax.codeapi.nodes import Actor, Assign, Call, Component, PoseEntry, Program, Var
 from c2a_jax.codeapi.render import render
 
 DONE: Program = (Call("done"),)
@@ -60,6 +60,11 @@ def _pmp_target(state: dict) -> tuple[list, Any, Any]:
         angle = -state["angle"] if state.get("restore") else state["angle"]
         pre.append(Assign(Var("target_pose"), Call("rotate_z", (Call("get_pose", (), (("actor", a),)), int(angle)))))
         return pre, Var("target_pose"), None
+    if fn == "swap_rotate":  # the other's stored position, own stored orientation, turned (spec 6.9.2)
+        other = PoseEntry(str(state["target_actor"][0]))
+        pose = Call("Pose", (Component(other, "p"), Component(PoseEntry(a.name), "q")))
+        pre.append(Assign(Var("target_pose"), Call("rotate_z", (pose, int(state["angle"])))))
+        return pre, Var("target_pose"), None
     if fn == "free_space":
         return pre, Call("free_space", (), (("actor", a),)), None
     if fn == "swap":
@@ -79,6 +84,8 @@ def _pmp_target(state: dict) -> tuple[list, Any, Any]:
         )
         pre.append(Assign(Var("target_pose"), expr))
         return pre, Var("target_pose"), None
+    if fn == "on_top":  # the get_supporting_actor form needs the key-step image in the prompt: never in NL
+        return pre, None, _actor(state["target_actor"])
     if fn is not None:
         return pre, None, None
     if state.get("target_actor") is not None:

@@ -29,6 +29,13 @@ PAPER_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "NovelNoun": ("NovelNoun", {}, "L1"),
     "Swap": ("Swap", {}, "L1"),
     "StackTopple": ("StackTopple", {}, "L2"),
+    "FollowOrder": ("FollowOrder", {"num_areas": 4, "num_predicates": 4}, "L1"),
+    "FollowOrderRestore": ("FollowOrder", {"num_areas": 2, "num_predicates": 2, "restore": True}, "L1"),
+    "Neighbour": ("Neighbour", {"num_areas": 3}, "L1"),
+    "Sort2d": ("Sort2d", {"num_actors": 4, "num_areas": 3}, "L1"),
+    "RotateSymmetry": ("RotateSymmetry", {"num_actors": 4}, "L1"),
+    "SwapPush": ("Swap", {"push": True}, "L2"),
+    "SwapRotate": ("SwapRotate", {}, "L2"),
 }
 # DP+Oracle (paper 5.1, Figure 4): the Markovian form of a task, where one exists.
 MARKOVIAN: dict[str, tuple[str, dict[str, Any]]] = {"Swap": ("SwapMarkovian", {})}

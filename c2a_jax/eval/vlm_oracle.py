@@ -48,9 +48,14 @@ CODE_RECORD_CHARS = 4096  # longer answers are stored truncated in the episode r
 CodeWriterFn = Callable[..., str]  # (image, prompt, memory, keystep_request=True) -> str
 
 
-def default_prompt_index(task: str) -> int:
-    """The prompt the benchmark evaluates (spec 3.0.5 TASK_PROMPT_IDX): Pick 3, every other task 0."""
-    return 3 if task.lower() == "pick" else 0
+def default_prompt_index(task: str, prompts: list[str] | None = None) -> int:
+    """The prompt the benchmark evaluates (spec 3.0.5 TASK_PROMPT_IDX): Pick 3, every other task 0.
+    Given the natural-language `prompts`, one that shows key-step images (FollowOrder's prompt 0)
+    gives way to the first without, as in the LLaVA converter, which drops those."""
+    index = 3 if task.lower() == "pick" else 0
+    if prompts and index < len(prompts) and "keystep" in prompts[index]:
+        index = next((k for k, p in enumerate(prompts) if "keystep" not in p), index)
+    return index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +143,7 @@ class VlmOracleWorker:
         self.episode = f"{self._nonce}-{next(self._ids)}"
         described = self.env.task.describe()
         prompts = self.env.task.natural_prompts()
-        index = default_prompt_index(self.task_name) if prompt_index is None else int(prompt_index)
+        index = default_prompt_index(self.task_name, prompts) if prompt_index is None else int(prompt_index)
         index = min(max(index, 0), len(prompts) - 1)
         return {
             "episode": self.episode,

@@ -34,7 +34,7 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 When a call ends (`ExecutionResult.outcome`): the task succeeded ("task_success", with
 ``stop_on_success``); the call's goal predicate, the one the top-level `Solver` would be waiting on
 for this call (`PickPredicate`, `OnTop`, `AtPosition`, `TouchPredicate`, `DirectionPushed`,
-`ToppleStructurePredicate`), is met ("goal_met"); the solver reports done, and, where there is a
+`AtPositionPushed`, `ToppleStructurePredicate`), is met ("goal_met"); the solver reports done, and, where there is a
 goal, the scene had `settle_steps` steps to satisfy it ("finished"); an actor the call carries was
 lost ("aborted"); or the call ran out of steps ("timed_out").
 
@@ -65,6 +65,7 @@ from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import AbstractSolver, Move3dSolver, quat_mul, quat_z
 from c2a_jax.sim.solvers.pick_place import PickMove3dPlaceSolver, PickSolver, PlaceOnActorSolver, PlaceSolver
 from c2a_jax.sim.solvers.push import PushSolver
+from c2a_jax.sim.solvers.top import PUSH_RETRIES
 from c2a_jax.sim.solvers.touch import Move3dTouchSolver
 
 logger = logging.getLogger(__name__)
@@ -610,7 +611,8 @@ class Executor:
             return _Job("push", solver, P.DirectionPushed(self.env, actor, target))
         if target_pose is None:
             raise InvalidCall("push(): needs target_actor or target_pose")
-        return _Job("push", PushSolver(self.env, actor, target_pose))
+        solver = PushSolver(self.env, actor, target_pose, retries=PUSH_RETRIES)
+        return _Job("push", solver, P.AtPositionPushed(self.env, actor, target_pose))
 
     def _plan_topple_structure(self, args: dict) -> _Job:
         actors = args["actors"]

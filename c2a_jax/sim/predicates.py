@@ -473,6 +473,69 @@ def next_leaf(p: Predicate) -> Predicate | None:
     return None if p.success() else p
 
 
+class AtPositionPushed(Predicate):
+    """Pushed (never grasped) to within 3 cm (x-y) of a pose and left alone: static, not touched by
+    the gripper, at least 1 mm away from it (spec 4.5; Swap by pushing)."""
+
+    max_reward = 5.0
+    tolerance = 0.03
+
+    def __init__(self, env, actor: SceneObject, pose: sapien.Pose, name: str | None = None):
+        self.env, self.actor, self.pose = env, actor, pose
+        self.name = name or f"{actor.name} pushed to {np.round(pose.p, 2).tolist()}"
+        self.reset()
+
+    def reset(self) -> None:
+        self.grasped = False
+
+    def target(self) -> sapien.Pose:
+        return self.pose
+
+    def ee_distance(self) -> float:
+        gripper = np.stack([np.asarray(link.entity_pose.p) for link in self.env.agent.gripper_links])
+        return box_distance(self.actor.world_vertices(), gripper)
+
+    def at_pos(self, p: np.ndarray) -> bool:
+        return float(np.linalg.norm(np.asarray(self.pose.p)[:2] - p[:2])) < self.tolerance
+
+    def evaluate(self) -> dict:
+        p = np.asarray(self.actor.pose().p)
+        if self.env.agent.check_grasp(self.actor.body):
+            self.grasped = True
+        e = {
+            "actor_static": self.actor.is_static(),
+            "actor_has_been_grasped": self.grasped,
+            "actor_at_pos": self.at_pos(p),
+            "actor_ee_contact": bool(self.env.contact_ids(self.actor.id) & self.env.gripper_ids()),
+            "actor_ee_distance": self.ee_distance(),
+        }
+        e["success"] = (
+            e["actor_static"] and not self.grasped and e["actor_at_pos"] and not e["actor_ee_contact"]
+            and e["actor_ee_distance"] >= 0.001
+        )  # fmt: skip
+        return e
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        return pushed_reward(self.env, self.actor, self.pose, e)
+
+
+def pushed_reward(env, actor: SceneObject, target: sapien.Pose, e: dict) -> float:
+    """Spec 4.5's dense reward of a push predicate, from its evaluation `e`."""
+    if e["success"]:
+        return 5.0
+    if e["actor_has_been_grasped"]:
+        return 0.0
+    dist = max(0.0, e["actor_ee_distance"])
+    if e["actor_at_pos"]:
+        return 3.0 + (not e["actor_ee_contact"]) + float(np.exp(min(0.0, 100 * (dist - 0.001))))
+    p, t = np.asarray(actor.pose().p), np.asarray(target.p)
+    ee = np.asarray(env.agent.tcp_pose().p)
+    a, b = (ee - p)[:2], (p - t)[:2]
+    c = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
+    return float(np.exp(-5 * dist) + np.exp(-5 * np.linalg.norm(p[:2] - t[:2])) + np.exp(c - 1))
+
+
 class DirectionPushed(Predicate):
     """Pushed (never grasped) at least 30% of the way to a target, roughly in its direction, and
     left alone: static, not touched by the gripper, at least 1 mm away from it (spec 4.6)."""

@@ -1,11 +1,18 @@
 """Pick, place and carry: `PickMove3dPlaceSolver` over `PickSolver`, `Move3dSolver` and
-`PlaceSolver` / `PlaceOnActorSolver` (clevrskills_spec.md 5.3-5.5)."""
+`PlaceSolver` / `PlaceOnActorSolver` (clevrskills_spec.md 5.3-5.5).
+
+Placing on an actor puts the object on the middle of its top, except on a flat *area* (a 1 cm
+tile: FollowOrder, Sort2d, Neighbour), where, as the source samples placements over the target's
+surface, `area_placement` draws a free point the Panda can reach: areas hold several objects,
+and those of Sort2d reach beyond the arm at their far edge."""
 
 from __future__ import annotations
 
 import numpy as np
 import sapien
 
+from c2a_jax.sim import placement
+from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import (
     GRIPPER_OFF,
     GRIPPER_ON,
@@ -18,9 +25,52 @@ from c2a_jax.sim.solvers.base import (
     ref,
 )
 
+AREA_MAX_HEIGHT = 0.02  # a target actor this flat is an area (spec 2.1: areas are 1 cm high)
+PLACE_REACH = (0.33, 0.72)  # x-y distance from the base where the Panda lowers an object tool-down
+AREA_CANDIDATES = 100
+AREA_CLEARANCE = 0.02  # from the other objects' footprints (the source grows bounds by 2 cm)
+
 
 def _inv(q) -> np.ndarray:
     return np.asarray(sapien.Pose(q=q).inv().q)
+
+
+def is_area(obj) -> bool:
+    return float(obj.spec.size[2]) <= AREA_MAX_HEIGHT
+
+
+def area_placement(env, actor, area) -> np.ndarray:
+    """An x-y point on `area` for `actor`'s centre (world frame).
+
+    Candidates are drawn uniformly over the area's footprint box from the episode generator; the
+    first is taken whose centre lies at least half the actor's radius inside the area's footprint,
+    whose disc keeps `AREA_CLEARANCE` from every other object, and which the arm reaches
+    (`PLACE_REACH`); failing that, the first free one; failing that, the area's centre."""
+    hull = placement.footprint(area.world_vertices())
+    lo, hi = hull.min(0), hull.max(0)
+    radius = float(np.max(np.linalg.norm(actor.local_vertices[:, :2], axis=1)))
+    angles = np.linspace(0.0, 2 * np.pi, 16, endpoint=False)
+    disc = radius / np.cos(np.pi / 16) * np.stack([np.cos(angles), np.sin(angles)], 1)
+    others = [placement.footprint(o.world_vertices()) for o in env.task.objects
+              if o is not actor and o is not area and o.pose().p[2] > -1.0]  # fmt: skip
+    base = np.asarray(robot_lib.BASE_POSE.p[:2])
+    free = None
+    for xy in env.rng.uniform(lo, hi, size=(AREA_CANDIDATES, 2)):
+        if not _inside(xy, hull, 0.5 * radius):
+            continue
+        if any(placement.polygon_distance(disc + xy, o) < AREA_CLEARANCE for o in others):
+            continue
+        if PLACE_REACH[0] <= float(np.linalg.norm(xy - base)) <= PLACE_REACH[1]:
+            return xy
+        free = xy if free is None else free
+    return free if free is not None else np.asarray(area.pose().p[:2], float)
+
+
+def _inside(point: np.ndarray, hull: np.ndarray, margin: float) -> bool:
+    """Is `point` inside the counter-clockwise convex polygon `hull`, `margin` from every edge?"""
+    edges = np.roll(hull, -1, axis=0) - hull
+    normals = np.stack([edges[:, 1], -edges[:, 0]], 1) / np.linalg.norm(edges, axis=1, keepdims=True)
+    return bool(np.all(np.einsum("ij,ij->i", point - hull, normals) <= -margin))
 
 
 class PickSolver(AbstractSolver):
@@ -126,18 +176,25 @@ class PickMove3dPlaceSolver(AbstractSolver):
             self.fixed_target = sapien.Pose(np.asarray(start.p) + [0, 0, lift], start.q)
         else:
             self.fixed_target = target_pose
+        self.on_area = False
         if target_actor is not None:
             # on top of the target actor, 1 cm above its top, keeping the actor's orientation
             height = float(start.p[2]) - actor.bottom_z()
             dest = target_actor.pose()
             above = target_actor.top_z() - float(dest.p[2]) + height + 0.01
             self.relative = sapien.Pose([0.0, 0.0, above])
+            self.on_area = is_area(target_actor)
+            if self.on_area:  # a point on the area, kept in the area's frame
+                xy = area_placement(env, actor, target_actor)
+                offset = np.array([xy[0] - dest.p[0], xy[1] - dest.p[1], above])
+                self.relative = sapien.Pose(dest.inv().to_transformation_matrix()[:3, :3] @ offset)
         self.role = None
 
     def target(self) -> sapien.Pose:
         if self.target_actor is not None:
             dest = self.target_actor.pose()
-            return sapien.Pose(np.asarray(dest.p) + self.relative.p, self.actor.pose().q)
+            p = (dest * self.relative).p if self.on_area else np.asarray(dest.p) + self.relative.p
+            return sapien.Pose(p, self.actor.pose().q)
         return self.fixed_target
 
     def _keep(self, role: str, make) -> np.ndarray:

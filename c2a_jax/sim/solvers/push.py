@@ -48,11 +48,16 @@ class PushAlongPathSolver(AbstractSolver):
 class PushSolver(AbstractSolver):
     """Go to a pushing pose behind the actor (seen from the target), push it to the target, back off."""
 
-    def __init__(self, env, actor, target: sapien.Pose, target_actor=None, extra: dict | None = None):
+    def __init__(self, env, actor, target: sapien.Pose, target_actor=None, extra: dict | None = None,
+                 retries: int = 0):  # fmt: skip
+        """`retries`: how many more pushes to make when one ends farther than `DONE_DISTANCE` from the
+        target (a push turned away from the straight line leaves the actor beside it); the source
+        re-plans every step until the actor is there, which `retries` bounds."""
         super().__init__(env, actor=ref(actor), target_pose=pose_json(target),
                          target_actor=ref(target_actor) if target_actor is not None else None, **(extra or {}))  # fmt: skip
         self.actor, self.target, self.target_actor = actor, target, target_actor
         self.role = None
+        self.retries = int(retries)
 
     def push_pose(self) -> tuple[sapien.Pose, np.ndarray]:
         """The pose behind the actor for a push towards the target, and the push direction: straight
@@ -75,10 +80,14 @@ class PushSolver(AbstractSolver):
                 away = RETREAT * away / max(np.linalg.norm(away), 1e-9)
                 goal = sapien.Pose(np.asarray(tcp.p) + [away[0], away[1], RETREAT], tcp.q)
                 self.sub, self.role = Move3dSolver(self.env, goal, match_ori=True, role="retreat"), "retreat"
-            if self.sub.done:
+            if not self.sub.done:
+                return self.sub.step()
+            if self.retries > 0 and np.linalg.norm(a[:2] - np.asarray(self.target.p)[:2]) >= DONE_DISTANCE:
+                self.retries -= 1
+                self.sub, self.role = None, None  # push again from where the actor is now
+            else:
                 self.done = True
                 return self.hold(GRIPPER_OFF)
-            return self.sub.step()
         if self.role == "push" and not self.sub.done:
             return self.sub.step()
         if self.role != "approach" or self.sub.done:

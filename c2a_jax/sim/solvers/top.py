@@ -8,8 +8,11 @@ import numpy as np
 from c2a_jax.sim import predicates as P
 from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver
 from c2a_jax.sim.solvers.pick_place import PickMove3dPlaceSolver
+from c2a_jax.sim.solvers.push import PushSolver
 from c2a_jax.sim.solvers.topple import ToppleStructure
 from c2a_jax.sim.solvers.touch import Move3dTouchSolver
+
+PUSH_RETRIES = 4  # pushes after the first, to bring an actor within AtPositionPushed's 3 cm
 
 
 class Solver(AbstractSolver):
@@ -44,6 +47,8 @@ class Solver(AbstractSolver):
         if isinstance(leaf, P.AtPosition):
             return PickMove3dPlaceSolver(self.env, leaf.actor, target_pose=leaf.target(), match_ori=leaf.match_ori,
                                          target_pose_name="designated pose")  # fmt: skip
+        if isinstance(leaf, P.AtPositionPushed):
+            return PushSolver(self.env, leaf.actor, leaf.target(), retries=PUSH_RETRIES)
         if isinstance(leaf, P.TouchPredicate):
             return Move3dTouchSolver(self.env, leaf.actor, push=leaf.push, topple=leaf.topple)
         if isinstance(leaf, P.ToppleStructurePredicate):

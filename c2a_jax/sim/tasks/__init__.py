@@ -1,6 +1,17 @@
 """ClevrSkills tasks: importing this package registers every task (`get_task_class`)."""
 
-from c2a_jax.sim.tasks import novel, pick, place, push, rotate, stack, swap, touch  # noqa: F401  (registration)
+from c2a_jax.sim.tasks import (  # noqa: F401  (registration)
+    areas,
+    follow_order,
+    novel,
+    pick,
+    place,
+    push,
+    rotate,
+    stack,
+    swap,
+    touch,
+)
 from c2a_jax.sim.tasks.base import SceneObject, Task, get_task_class, register_task, render_prompt, task_names
 
 __all__ = ["SceneObject", "Task", "get_task_class", "register_task", "render_prompt", "task_names"]

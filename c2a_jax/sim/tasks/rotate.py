@@ -1,4 +1,5 @@
-"""Rotate, and Rotate-restore (clevrskills_spec.md 3.12): turn one object about its vertical axis."""
+"""Rotate, Rotate-restore (clevrskills_spec.md 3.12) and RotateSymmetry (3.15): turn objects about
+their vertical axes."""
 
 from __future__ import annotations
 
@@ -37,18 +38,25 @@ class Rotate(Task):
         for colour in self.factory.get_random_top_textures(self.num_actors):
             self.place_randomly(self.add_object(colour, self.factory.get_random_top_object(colour)))
         self.actor = self.objects[int(self.rng.choice(self.num_actors))]
-        start = self.placed[self.actor.id][1]
-        d = self.signed_degrees
-        turned = rotated_about_own_z(start, d - 1)  # spec 3.12: the requested angle minus 1 degree
-        steps = [P.AtPosition(self.env, self.actor, turned, match_ori=True, name=f"Rotate {self.actor.name} by {d}")]
+        turn = self.rotation(self.actor)
+        steps = [turn]
         if self.restore:
-            back = rotated_about_own_z(turned, -d - 1)
-            steps.append(
-                P.AtPosition(self.env, self.actor, back, match_ori=True, name=f"Rotate {self.actor.name} by {-d}")
-            )
+            steps.append(self.rotation(self.actor, after=turn))
         self.steps = steps
         self.predicate = P.Order("rotate", steps)
         self.max_reward = self.predicate.max_reward
+
+    def rotation(self, actor, after: P.AtPosition | None = None) -> P.AtPosition:
+        """`RotatePredicate` (spec 4.3): the actor's initial pose turned by the signed angle minus 1
+        degree; with `after` (restore) that turn's target turned back by the opposite angle minus 1."""
+        d = self.signed_degrees
+        if after is None:
+            target, name = rotated_about_own_z(self.placed[actor.id][1], d - 1), f"Rotate {actor.name} by {d}"
+        else:
+            target, name = rotated_about_own_z(after.target(), -d - 1), f"Rotate {actor.name} by {-d}"
+        leaf = P.AtPosition(self.env, actor, target, match_ori=True, name=name)
+        leaf.restore = after is not None
+        return leaf
 
     def prompts(self) -> list[str]:
         direction = "clockwise" if self.clockwise else "anti-clockwise"
@@ -59,8 +67,38 @@ class Rotate(Task):
         ]
 
     def solver_for(self, leaf):
-        restore = leaf is not self.steps[0]
         return PickMove3dPlaceSolver(
-            self.env, self.actor, target_pose=leaf.target(), match_ori=True, target_pose_name="designated pose",
-            extra={"target_pose_function": "rotate", "angle": self.signed_degrees, "restore": restore},
+            self.env, leaf.actor, target_pose=leaf.target(), match_ori=True, target_pose_name="designated pose",
+            extra={"target_pose_function": "rotate", "angle": self.signed_degrees, "restore": leaf.restore},
         )  # fmt: skip
+
+
+@register_task("RotateSymmetry")
+class RotateSymmetry(Rotate):
+    """Rotate both objects of the one colour that two objects share, by the same angle (the last two
+    objects drawn share the colour; their shapes are drawn separately and may coincide)."""
+
+    pools = "RotateSymmetry"
+
+    def __init__(self, env, rng, split="train", num_actors: int = 4, sample_num_actors: bool = True, **kw):
+        super().__init__(env, rng, split, num_actors=num_actors, sample_num_actors=sample_num_actors, **kw)
+        if self.restore:
+            raise NotImplementedError("RotateSymmetry has no restore form in the benchmark")
+        self.num_actors = sample_int(rng, 2, num_actors, sample_num_actors)
+
+    def setup(self) -> None:
+        colours = self.factory.get_random_top_textures(self.num_actors - 1)
+        for colour in [*colours, colours[-1]]:
+            self.place_randomly(self.add_object(colour, self.factory.get_random_top_object(colour)))
+        self.actor_a, self.actor_b = self.objects[-2:]
+        self.actor = self.actor_a
+        self.steps = [self.rotation(self.actor_a), self.rotation(self.actor_b)]
+        self.predicate = P.Order("rotate", self.steps)
+        self.max_reward = self.predicate.max_reward
+
+    def prompts(self) -> list[str]:
+        direction = "clockwise" if self.clockwise else "anti-clockwise"
+        return [
+            "Rotate objects with " + tex(self.actor_a) + f" texture {self.degrees} degrees {direction}",
+            f"Rotate identically textured objects {self.degrees} degrees {direction}",
+        ]

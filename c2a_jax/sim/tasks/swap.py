@@ -9,6 +9,11 @@ is what makes the task non-Markovian for a policy that only sees the current fra
 (x, y)" (world x-y in metres, two decimals), so that a policy without memory has what it needs
 (the paper's DP+Oracle, section 5.3). The scene, predicates, oracle and code are Swap's.
 
+`push=True` (Swap by pushing, benchmark `swap_push`) moves the objects by pushing them along the
+table instead (`AtPositionPushed`, 3 cm tolerance, never grasped). `SwapRotate` also turns both
+objects by the prompt's angle as they swap (`target_pose = rotate_z(Pose(pose_dict['A'].p,
+pose_dict['B'].q), angle)`).
+
 `objects` scripts the scene: (colour, shape) pairs used instead of the random draw.
 """
 
@@ -20,6 +25,7 @@ import sapien
 from c2a_jax.sim import placement
 from c2a_jax.sim import predicates as P
 from c2a_jax.sim.tasks.base import Task, obj, register_task, sample_int
+from c2a_jax.sim.tasks.rotate import rotated_about_own_z
 
 
 def position_text(pose: sapien.Pose) -> str:
@@ -36,8 +42,7 @@ class Swap(Task):
     def __init__(self, env, rng, split="train", num_actors: int = 2, push: bool = False,
                  sample_num_actors: bool = True, markovian: bool = False, objects=None, **kw):  # fmt: skip
         super().__init__(env, rng, split, **kw)
-        if push:
-            raise NotImplementedError("Swap by pushing (push=True) is not ported yet")
+        self.push = bool(push)
         if num_actors < 2:
             raise ValueError(f"Swap needs at least 2 actors, got num_actors={num_actors}")
         self.markovian = bool(markovian)
@@ -47,6 +52,25 @@ class Swap(Task):
         self.num_actors = len(self.scripted) if self.scripted else sample_int(rng, 2, num_actors, sample_num_actors)
 
     def setup(self) -> None:
+        self.layout()
+        a, b = self.actor_a, self.actor_b
+        at = P.AtPositionPushed if self.push else P.AtPosition
+        p1, p2, p3 = at(self.env, a, self.buffer), at(self.env, b, self.start_a), at(self.env, a, self.start_b)
+        # what the trace converter needs to write spec 6.9's code (merged into the solver's action state)
+        p1.action_state_extra = {"target_pose_function": "free_space", "store_pose": [[a.name, a.id], [b.name, b.id]]}
+        p2.action_state_extra = {"target_pose_function": "swap", "target_actor": [a.name, a.id]}
+        p3.action_state_extra = {"target_pose_function": "swap", "target_actor": [b.name, b.id]}
+        self.steps = [p1, p2, p3]
+        self.predicate = P.SwapPredicate("Swap the actors", self.steps)
+        self.max_reward = self.predicate.max_reward
+
+    def after_settle(self) -> None:
+        for leaf in self.steps:
+            if isinstance(leaf, P.AtPositionPushed):
+                leaf.reset()
+
+    def layout(self) -> None:
+        """Draw the objects, their start poses and the free-space (buffer) pose (spec 3.11)."""
         if self.scripted:
             actors = [self.add_object(c, s) for c, s in self.scripted]
         else:
@@ -65,16 +89,6 @@ class Swap(Task):
         a, b = actors[0], actors[1]
         self.actor_a, self.actor_b = a, b
         self.start_a, self.start_b = self.placed[a.id][1], self.placed[b.id][1]
-        p1 = P.AtPosition(self.env, a, self.buffer)
-        p2 = P.AtPosition(self.env, b, self.start_a)
-        p3 = P.AtPosition(self.env, a, self.start_b)
-        # what the trace converter needs to write spec 6.9's code (merged into the solver's action state)
-        p1.action_state_extra = {"target_pose_function": "free_space", "store_pose": [[a.name, a.id], [b.name, b.id]]}
-        p2.action_state_extra = {"target_pose_function": "swap", "target_actor": [a.name, a.id]}
-        p3.action_state_extra = {"target_pose_function": "swap", "target_actor": [b.name, b.id]}
-        self.steps = [p1, p2, p3]
-        self.predicate = P.SwapPredicate("Swap the actors", self.steps)
-        self.max_reward = self.predicate.max_reward
 
     def task_actors(self):
         return list(self.actors)
@@ -82,6 +96,8 @@ class Swap(Task):
     def prompts(self) -> list[str]:
         a, b = self.actor_a, self.actor_b
         prompt = "Swap positions of " + obj(a) + " and " + obj(b)
+        if self.push:
+            prompt += " by pushing"
         if self.markovian:
             prompt += (
                 ":" + obj(a) + " is at " + position_text(self.start_a) + "," + obj(b) + " is at "
@@ -102,3 +118,45 @@ class SwapMarkovian(Swap):
 
     def __init__(self, env, rng, split="train", markovian: bool = True, **kw):
         super().__init__(env, rng, split, markovian=markovian, **kw)
+
+
+@register_task("SwapRotate")
+class SwapRotate(Swap):
+    """Swap two objects and turn both by the same angle about their vertical axes (benchmark
+    `swap_rotate`): A to the free space, B to A's start turned, A to B's start turned."""
+
+    pools = "SwapRotate"
+
+    def __init__(self, env, rng, split="train", num_actors: int = 2, sample_num_actors: bool = True, **kw):
+        super().__init__(env, rng, split, num_actors=num_actors, sample_num_actors=sample_num_actors, **kw)
+        if self.push or self.markovian:
+            raise NotImplementedError("SwapRotate has no pushing or Markovian form")
+        self.clockwise = int(rng.choice([0, 1]))
+        self.degrees = int(rng.choice([30, 60, 90, 120, 150]))
+
+    @property
+    def signed_degrees(self) -> int:
+        return -self.degrees if self.clockwise else self.degrees
+
+    def setup(self) -> None:
+        self.layout()
+        a, b, d = self.actor_a, self.actor_b, self.signed_degrees
+        p1 = P.AtPosition(self.env, a, self.buffer)
+        # AtPoseRotated (spec 4.3): the other's start position, own start orientation turned by d - 1
+        p2 = P.AtPosition(self.env, b, sapien.Pose(self.start_a.p, rotated_about_own_z(self.start_b, d - 1).q),
+                          match_ori=True, name=f"{b.name} swapped and rotated")  # fmt: skip
+        p3 = P.AtPosition(self.env, a, sapien.Pose(self.start_b.p, rotated_about_own_z(self.start_a, d - 1).q),
+                          match_ori=True, name=f"{a.name} swapped and rotated")  # fmt: skip
+        p1.action_state_extra = {"target_pose_function": "free_space", "store_pose": [[a.name, a.id], [b.name, b.id]]}
+        p2.action_state_extra = {"target_pose_function": "swap_rotate", "target_actor": [a.name, a.id], "angle": d}
+        p3.action_state_extra = {"target_pose_function": "swap_rotate", "target_actor": [b.name, b.id], "angle": d}
+        self.steps = [p1, p2, p3]
+        self.predicate = P.SwapPredicate("Swap and rotate the actors", self.steps)
+        self.max_reward = self.predicate.max_reward
+
+    def prompts(self) -> list[str]:
+        direction = "clockwise" if self.clockwise else "anti-clockwise"
+        return [
+            "Swap positions of " + obj(self.actor_a) + " and " + obj(self.actor_b)
+            + f" while rotating them by {self.degrees} degrees {direction}"
+        ]  # fmt: skip
