@@ -79,13 +79,16 @@ def test_code_examples_follow_the_labels_and_the_keystep_request():
     examples = [e for _ in range(20) for e in vlm.episode_examples(episode, cfg, rng, ["green star"])]
     kinds = {e.kind for e in examples}
     assert kinds == {"code", "keystep"}
+    share = np.mean([e.kind == "keystep" for e in examples])
+    assert 0.35 < share < 0.65  # moving a request to a key-step keeps the configured share
+    assert {int(e.source.split("#")[1]) for e in examples if e.kind == "keystep"} == {0, 3, 7, 10}
     for e in examples:
         t = int(e.source.split("#")[1])
         assert int(e.image[0, 0, 0]) == t
         assert e.prompt in episode["prompts"]
         running = [s for s in ((0, 3, PICK), (3, 7, TARGET), (7, 10, PLACE), (10, 12, DONE)) if s[0] <= t < s[1]][0]
-        if e.kind == "keystep":
-            assert e.answer == running[2]
+        if e.kind == "keystep":  # asked at key-steps only (ClevrSkills' conversation points)
+            assert t == running[0] and e.answer == running[2]
         else:
             assert e.answer == (running[2] if t == running[0] else comment(running[2]))
         # memory: the key-steps strictly before t

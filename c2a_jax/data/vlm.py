@@ -98,10 +98,18 @@ def episode_examples(
 ) -> list[VlmExample]:
     """Examples from one episode: per chosen step, a grid question with probability
     ``grid_question_fraction`` (when the step has one), else a code example whose prompt variant is
-    drawn uniformly and which asks for the key-step with probability ``keystep_request_fraction``."""
+    drawn uniformly and which asks for the key-step with probability ``keystep_request_fraction``.
+
+    A key-step request is always asked at a key-step of the episode (the chosen step when it is one,
+    else a key-step drawn uniformly): the memory then holds the calls before it and the answer is
+    the call that starts there, as in ClevrSkills' conversation points (spec 6.2). Asked in the
+    middle of a call, the request would have two answers for one memory (the running call, or the
+    next one once the image shows it finished), and VLM+Oracle, which asks right after a call
+    finished, would learn to repeat the call it just ran."""
     labels = episode_labels(episode, config.level)
     if config.shift_k:
         labels = shift_labels(labels, config.shift_k, rng)
+    keysteps = [i for i, label in enumerate(labels) if label.is_keystep]
     steps = np.arange(len(labels))
     if config.steps_per_episode is not None and config.steps_per_episode < len(steps):
         steps = np.sort(rng.choice(steps, size=config.steps_per_episode, replace=False))
@@ -109,15 +117,17 @@ def episode_examples(
     out: list[VlmExample] = []
     for t in steps:
         t = int(t)
-        image = episode["image"][t]
-        source = f"{episode.get('key', '?')}#{t}"
         if rng.random() < config.grid_question_fraction:
             qs = sample_grid_questions(_grid_objects(episode, t), object_names, rng, 1, image_token=None)
             if qs:
-                out.append(VlmExample(image, qs[0].answer, qs[0].kind, question=qs[0].question, source=source))
+                out.append(VlmExample(episode["image"][t], qs[0].answer, qs[0].kind, question=qs[0].question,
+                                      source=f"{episode.get('key', '?')}#{t}"))  # fmt: skip
                 continue
-        label = labels[t]
         request = rng.random() < config.keystep_request_fraction
+        if request and not labels[t].is_keystep and keysteps:
+            t = keysteps[int(rng.integers(len(keysteps)))]
+        image, label = episode["image"][t], labels[t]
+        source = f"{episode.get('key', '?')}#{t}"
         answer = label.instruction if request else label.code
         prompt = prompts[int(rng.integers(len(prompts)))]
         kind = "keystep" if request else "code"
