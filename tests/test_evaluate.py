@@ -70,6 +70,24 @@ def test_vlm_oracle_evaluation_records_reports_and_resumes(vlm_dir, tmp_path):
     assert again["run"] == 0 and again["skipped"] == 4
 
 
+def test_oracle_mode_records_the_solver_alone_as_the_upper_bound(tmp_path):
+    """The `oracle` mode needs no checkpoint: each record is the scripted solver's own episode (no
+    rendering), with its calls (fine key-steps, done() last) counted as Table 2's actions."""
+    from c2a_jax.eval.evaluate import evaluate
+
+    config = load_config_file(os.path.join(ROOT, "configs", "eval", "default.py") + ":oracle")
+    config.update(dict(workdir=str(tmp_path / "eval"), tasks=("Topple",), num_seeds=2, first_seed=5, num_workers=1,
+                       videos_per_task=0))  # fmt: skip
+    result = evaluate(config)
+    assert result["run"] == 2 and result["success_rate"] == 1.0
+    records = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["mode"] == "oracle" and r["level"] == "L0" and r["success"] and 0 < r["steps"] < 1000
+        assert r["queries"] == len(r["code"]) >= 3 and r["code"][-1] == "done()"
+        assert r["code"][0].startswith("move3d(") and any("topple=True" in c for c in r["code"])
+    assert "Oracle (scripted solver)" in (tmp_path / "eval" / "report" / "report.md").read_text()
+
+
 def _untrained_dp_runner():
     """A tiny two-camera DP at 32 px, randomly initialised, behind the inference runner, with
     normalisers from the synthetic demonstration (no training: that has its own tests)."""

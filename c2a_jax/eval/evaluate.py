@@ -3,6 +3,8 @@ parallel simulator workers (resuming from the episode file), write videos, then 
 
 Modes (paper sections 4.2, 4.3, 5.1):
 
+* ``oracle``: the task's scripted solver alone (no learned model, no rendering): the upper bound
+  VLM+Oracle is measured against, on the same seeds;
 * ``vlm_oracle``: the trained VLM writes key-steps, the oracle solvers execute them
   (`c2a_jax.eval.vlm_oracle`);
 * ``vlm_dp``: the hierarchical policy, VLM above and code-conditioned DP below
@@ -30,7 +32,7 @@ from c2a_jax.eval import report
 from c2a_jax.eval.runner import make_jobs, run_jobs
 from c2a_jax.eval.tasks import resolve
 
-MODES = ("vlm_oracle", "vlm_dp", "dp", "dp_oracle")
+MODES = ("oracle", "vlm_oracle", "vlm_dp", "dp", "dp_oracle")
 
 
 def _code_writer(config: Any):
@@ -49,6 +51,15 @@ def _code_writer(config: Any):
         early_stop_k=int(config_value(config, "early_stop_chars", 0)),
     )  # fmt: skip
     return writer, vlm_config
+
+
+def oracle_record(meta: dict[str, Any], level: str) -> dict[str, Any]:
+    """An evaluation record from an oracle episode's metadata (`record_oracle_episode`): success,
+    steps, and the API calls it made (its fine-level key-steps, Table 2's "average actions")."""
+    calls = [label["fine"] for label in meta.get("labels", []) if label and label.get("fine_keystep")]
+    return {"success": bool(meta["success"]), "steps": int(meta["num_steps"]), "queries": len(calls),
+            "code": calls, "end_reason": "success" if meta["success"] else "step_budget",
+            "total_s": round(float(meta.get("seconds", 0.0)), 4), "level": level}  # fmt: skip
 
 
 def _locked(fn):
@@ -86,7 +97,7 @@ def evaluate(config: Any) -> dict[str, Any]:
     writer = vlm_config = runner = None
     if mode in ("vlm_oracle", "vlm_dp"):
         writer, vlm_config = _code_writer(config)
-    if mode != "vlm_oracle":
+    if mode not in ("oracle", "vlm_oracle"):
         from c2a_jax.infer.dp_runner import DiffusionPolicyRunner
 
         path = str(config_value(config, "dp_checkpoint", ""))
@@ -96,10 +107,22 @@ def evaluate(config: Any) -> dict[str, Any]:
     sizes = {int(c.data.image_size) for c in (vlm_config, runner.config if runner else None) if c is not None}
     if len(sizes) > 1:
         raise ValueError(f"the VLM and the DP were trained at different image sizes {sorted(sizes)}")
-    image_size = sizes.pop()
+    image_size = sizes.pop() if sizes else 64
     first = tasks[0]
 
-    if mode == "vlm_oracle":
+    if mode == "oracle":
+        from c2a_jax.eval.vlm_oracle import SimulatorClient
+
+        def make_sim(slot: int):
+            return SimulatorClient(task=first["registry"], task_args=first["task_args"], image_size=image_size,
+                                   split=split, max_steps=max_steps or 1000, images=False,
+                                   log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
+
+        def episode_fn(sim, job):
+            meta = sim.record_oracle(seed=job["seed"], task=job["registry"], task_args=job["task_args"],
+                                     max_steps=max_steps)  # fmt: skip
+            return oracle_record(meta, job["level"])
+    elif mode == "vlm_oracle":
         from c2a_jax.eval.vlm_oracle import SimulatorClient, run_episode
 
         generate = _locked(writer.generate_code)

@@ -6,8 +6,8 @@ Why one module: every number a user quotes from an evaluation goes through `summ
 intervals, the level means and the averaging are defined once. Input is the per-episode JSONL that
 `evaluate.py` appends to (one record per finished episode, fields below); nothing here runs a policy.
 
-Record fields read: ``task`` (the paper's task name, e.g. "PlaceNextTo"), ``mode`` (vlm_oracle,
-vlm_dp, dp, dp_oracle), ``success`` (bool), optional ``dataset`` (the training-set label of the
+Record fields read: ``task`` (the paper's task name, e.g. "PlaceNextTo"), ``mode`` (oracle,
+vlm_oracle, vlm_dp, dp, dp_oracle), ``success`` (bool), optional ``dataset`` (the training-set label of the
 low-level policy: "L0", "L1", "L0+L1", ...), ``level`` ("L0", "L1", "L2"), ``queries`` (API calls
 issued, Table 2's "average actions"), ``error`` (an episode that could not be run: counted apart,
 never as a failure).
@@ -30,6 +30,7 @@ import numpy as np
 from c2a_jax.fileio import atomic_write_text
 
 MODE_TITLES = {
+    "oracle": "Oracle (scripted solver)",
     "dp": "Task Prompt Only (DP)",
     "vlm_dp": "VLM+DP",
     "vlm_oracle": "VLM+Oracle",
@@ -287,7 +288,8 @@ def bar_chart(cells: Sequence[Cell], path: str | os.PathLike) -> str:
                 rates.append(0.0), lows.append(0.0), highs.append(0.0)
                 continue
             lo, hi = c.interval
-            rates.append(100 * c.rate), lows.append(100 * (c.rate - lo)), highs.append(100 * (hi - c.rate))
+            # max(0, ...): at 0/n or n/n the interval's end equals the rate only up to rounding
+            rates.append(100 * c.rate), lows.append(100 * max(0.0, c.rate - lo)), highs.append(100 * max(0.0, hi - c.rate))
         ax.bar(x + (i - (len(columns) - 1) / 2) * width, rates, width, yerr=[lows, highs], capsize=2,
                label=_title(mode, dataset))  # fmt: skip
     ax.set_xticks(x, tasks, rotation=30, ha="right")
@@ -341,9 +343,12 @@ def write_video(frames: Sequence[np.ndarray], captions: Sequence[str], path: str
     return path
 
 
-def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike, title: str = "Evaluation") -> dict:
+def write_report(
+    records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike, title: str = "Evaluation", preamble: str = ""
+) -> dict:
     """report.md, table1.{md,csv}, table2.{md,csv}, summary.json and success.png in `out_dir`;
-    returns the paths. Videos are written by the runner (`write_video`) and linked if present."""
+    returns the paths. Videos are written by the runner (`write_video`) and linked if present.
+    `preamble` (Markdown) goes between the title and the tables."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     cells = summarize(records)
@@ -354,7 +359,7 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
     md1 = _markdown(h1, r1)
     atomic_write_text(os.path.join(out_dir, "table1.md"), md1 + "\n")
     atomic_write_text(os.path.join(out_dir, "table1.csv"), _csv(h1, r1))
-    sections = [f"# {title}", "", "## Success per task (the paper's Table 1 layout)", "",
+    sections = [f"# {title}", "", *([preamble, ""] if preamble else []), "## Success per task (the paper's Table 1 layout)", "",
                 "Ours: success % [Wilson 95% interval] (episodes); the paper's numbers are labelled `paper:`.",
                 "", md1, ""]  # fmt: skip
     for mode in dict.fromkeys(c.mode for c in cells):

@@ -3,7 +3,8 @@ r"""Evaluate policies in the simulator, as the paper does (Appendix E.4: 64 seed
 Command:
     python evaluate.py --config=configs/eval/default.py:vlm_oracle --config.workdir=runs/eval
 
-`get_config(arg)`: the mode, one of vlm_oracle, vlm_dp, dp, dp_oracle.
+`get_config(arg)`: the mode, one of oracle (the scripted solver alone, the upper bound), vlm_oracle,
+vlm_dp, dp, dp_oracle.
 
 Expected result: <workdir>/episodes.jsonl (one record per episode; a rerun resumes), and
 <workdir>/report/ with report.md (the paper's Table 1 / Table 2 layouts, ours with Wilson 95%
@@ -12,7 +13,7 @@ intervals beside the paper's numbers), table CSVs, summary.json, success.png and
 
 import ml_collections
 
-MODES = ("vlm_oracle", "vlm_dp", "dp", "dp_oracle")
+MODES = ("oracle", "vlm_oracle", "vlm_dp", "dp", "dp_oracle")
 
 
 def get_config(arg=None):
