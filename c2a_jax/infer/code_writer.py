@@ -90,7 +90,9 @@ class CodeWriter:
     def _targets(self, memories) -> tuple[np.ndarray, np.ndarray]:
         lasts = [comment(m[-1]) if m else "" for m in memories]
         ids = [self.tok.encode(text) if text else [] for text in lasts]
-        width = max(1, max(len(i) for i in ids))
+        # Bucketed like the prompt: the decoding program is compiled once per width, not once per
+        # length of the last key-step (which changes with every new call in VLM+DP).
+        width = -(-max(1, max(len(i) for i in ids)) // BUCKET) * BUCKET
         target = np.full((len(ids), width), -1, np.int32)
         for row, seq in enumerate(ids):
             target[row, : len(seq)] = seq
