@@ -11,12 +11,15 @@ RLDS_STAMP := $(RLDS_VENV)/.c2a-installed
 # torch 2.13.0 CPU wheel is not on the machine already.
 PIP_OPTS ?=
 PYTEST_OPTS ?=
+# Extra demo options, e.g. DEMO_OPTS="--config.demos_per_task=48" or DEMO_OPTS="--from-stage vlm".
+DEMO_OPTS ?=
 
-.PHONY: setup system venv render-check test lint format lock clean help
+.PHONY: setup system venv render-check test demo lint format lock clean help
 
 help:
 	@echo "make setup   system packages (Mesa lavapipe, ffmpeg), .venv with pinned deps, render smoke check"
 	@echo "make test    setup + the whole test suite on CPU"
+	@echo "make demo    setup + the main job end to end (demos, RLDS, VLM, two DPs, evaluation, report) in runs/demo"
 	@echo "make lint    ruff"
 
 setup: system $(STAMP) $(RLDS_STAMP) render-check
@@ -48,6 +51,9 @@ render-check: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_OPTS) tests
+
+demo: setup
+	$(PY) -m c2a_jax.demo $(DEMO_OPTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
