@@ -129,5 +129,30 @@ def test_vlm_dp_runs_a_few_steps_with_untrained_models(vlm_dir):
     assert record["steps"] == 5 and record["end_reason"] in ("step_budget", "success")
     assert sum(n for _, n in record["code_runs"]) == 5  # every step's code line, run-length encoded
     assert record["chunks"].get("first") == 1 and sum(record["chunks"].values()) >= 2  # 5 steps, chunks of 4
-    assert record["vlm_s"] > 0 and record["dp_s"] > 0 and record["sim_s"] > 0
+    assert record["vlm_s"] > 0 and record["dp_s"] > 0 and record["sim_s"] > record["reset_s"] > 0
     assert len(record["_frames"]) == 5 and record["_frames"][0].shape == (32, 32, 3)
+
+
+def test_a_stand_in_code_writer_per_episode_needs_no_vlm_checkpoint(tmp_path):
+    """`code_writer_for(job)` answers each episode's queries (here: done() at once); without a VLM
+    checkpoint the image size comes from the config."""
+    from c2a_jax.eval.evaluate import evaluate
+    from c2a_jax.infer.replay import ReplayCodeWriter
+
+    config = load_config_file(os.path.join(ROOT, "configs", "eval", "default.py") + ":vlm_oracle")
+    config.update(dict(workdir=str(tmp_path / "eval"), tasks=("Pick",), num_seeds=2, num_workers=1, image_size=32,
+                       videos_per_task=0, max_steps=20))  # fmt: skip
+    seen = []
+
+    def writer_for(job):
+        seen.append(job["seed"])
+        return ReplayCodeWriter([])  # done() to every query
+
+    assert evaluate(config, code_writer_for=writer_for)["run"] == 2
+    records = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
+    assert seen == [0, 1] and [r["code"] for r in records] == [["done()"], ["done()"]]
+    assert all(r["end_reason"] == "done" and r["queries"] == 1 and not r.get("error") for r in records)
+    assert all(0 < r["reset_s"] <= r["sim_s"] for r in records)  # the reset is the simulator's, timed apart
+    config.image_size = 0
+    with pytest.raises(ValueError, match="image size"):
+        evaluate(config, code_writer_for=writer_for)

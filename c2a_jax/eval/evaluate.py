@@ -16,13 +16,21 @@ Modes (paper sections 4.2, 4.3, 5.1):
 Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or registry names),
 num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint, dataset (a label
 for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
-videos_per_task, max_steps, max_queries, n_action_steps (0: the DP's own).
+videos_per_task, max_steps, max_queries, n_action_steps (0: the DP's own), image_size (only
+where no checkpoint fixes it).
+
+`evaluate(config, code_writer_for=...)` answers the VLM's queries with a stand-in instead:
+``code_writer_for(job)`` gives each episode its own writer ``(image, prompt, memory,
+keystep_request) -> str`` (the oracle's lines replayed by `c2a_jax.infer.replay.ReplayCodeWriter`,
+or a benchmark's scripted writer that runs a real model for its cost). The VLM of
+``vlm_checkpoint`` is then optional (it still fixes the image size when given).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,9 +70,10 @@ def oracle_record(meta: dict[str, Any], level: str) -> dict[str, Any]:
             "total_s": round(float(meta.get("seconds", 0.0)), 4), "level": level}  # fmt: skip
 
 
-def _locked(fn):
-    """One caller at a time: the worker threads share one model (and its text-embedding cache)."""
-    lock = threading.Lock()
+def _locked(fn, lock: threading.Lock | None = None):
+    """One caller at a time (per `lock`, default a new one): the worker threads share one model
+    (and its text-embedding cache)."""
+    lock = lock or threading.Lock()
 
     def call(*args, **kwargs):
         with lock:
@@ -73,8 +82,9 @@ def _locked(fn):
     return call
 
 
-def evaluate(config: Any) -> dict[str, Any]:
-    """Run the evaluation `config` describes; returns counts and the report's paths."""
+def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = None) -> dict[str, Any]:
+    """Run the evaluation `config` describes; returns counts and the report's paths.
+    `code_writer_for(job)`: a stand-in code writer per episode (VLM modes; module docstring)."""
     from c2a_jax.sim.worker import WorkerError
 
     mode = str(config.mode)
@@ -95,8 +105,14 @@ def evaluate(config: Any) -> dict[str, Any]:
     max_steps = int(config_value(config, "max_steps", 0)) or None
 
     writer = vlm_config = runner = None
-    if mode in ("vlm_oracle", "vlm_dp"):
+    uses_vlm = mode in ("vlm_oracle", "vlm_dp")
+    if uses_vlm and (code_writer_for is None or str(config_value(config, "vlm_checkpoint", ""))):
         writer, vlm_config = _code_writer(config)
+    vlm_lock = threading.Lock()  # the checkpoint's writer and the stand-ins may share one model
+
+    def episode_writer(job):
+        return _locked(code_writer_for(job), vlm_lock) if code_writer_for is not None else generate
+
     if mode not in ("oracle", "vlm_oracle"):
         from c2a_jax.infer.dp_runner import DiffusionPolicyRunner
 
@@ -107,7 +123,11 @@ def evaluate(config: Any) -> dict[str, Any]:
     sizes = {int(c.data.image_size) for c in (vlm_config, runner.config if runner else None) if c is not None}
     if len(sizes) > 1:
         raise ValueError(f"the VLM and the DP were trained at different image sizes {sorted(sizes)}")
-    image_size = sizes.pop() if sizes else 64
+    image_size = sizes.pop() if sizes else int(config_value(config, "image_size", 0) or 0)
+    if not image_size and mode == "oracle":
+        image_size = 64  # the oracle mode renders nothing
+    if not image_size:
+        raise ValueError("no checkpoint fixes the image size: set --config.image_size")
     first = tasks[0]
 
     if mode == "oracle":
@@ -125,7 +145,7 @@ def evaluate(config: Any) -> dict[str, Any]:
     elif mode == "vlm_oracle":
         from c2a_jax.eval.vlm_oracle import SimulatorClient, run_episode
 
-        generate = _locked(writer.generate_code)
+        generate = _locked(writer.generate_code, vlm_lock) if writer is not None else None
 
         def make_sim(slot: int):
             return SimulatorClient(task=first["registry"], task_args=first["task_args"], image_size=image_size,
@@ -133,8 +153,8 @@ def evaluate(config: Any) -> dict[str, Any]:
                                    log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
 
         def episode_fn(sim, job):
-            record = run_episode(sim, generate, job["seed"], task=job["registry"], task_args=job["task_args"],
-                                 max_queries=int(config_value(config, "max_queries", 25)),
+            record = run_episode(sim, episode_writer(job), job["seed"], task=job["registry"],
+                                 task_args=job["task_args"], max_queries=int(config_value(config, "max_queries", 25)),
                                  record_frames=job["seed"] in video_seeds)  # fmt: skip
             if record.frames:
                 actions = [c["code"] for c in record.calls if c.get("status") == "action"]
@@ -152,7 +172,7 @@ def evaluate(config: Any) -> dict[str, Any]:
         from c2a_jax.infer.controller import HierarchicalController
 
         sample = _locked(runner.sample)
-        generate = _locked(writer.generate_code) if writer is not None else None
+        generate = _locked(writer.generate_code, vlm_lock) if writer is not None else None
         n_action = int(config_value(config, "n_action_steps", 0)) or int(runner.config.data.n_action_steps)
 
         def make_sim(slot: int):
@@ -166,6 +186,8 @@ def evaluate(config: Any) -> dict[str, Any]:
             return pool
 
         def episode_fn(sim, job):
+            if mode == "vlm_dp":
+                sim.controller.code_writer = episode_writer(job)
             record = run_policy_episode(sim, sim.controller, job, max_steps=max_steps,
                                         record_frames=job["seed"] in video_seeds)  # fmt: skip
             frames, captions = record.pop("_frames", None), record.pop("_captions", None)

@@ -13,7 +13,9 @@ Worker side, `PolicyWorker` (a `VlmOracleWorker` with one more call):
 Parent side, `run_policy_episode(sim, controller, job)`: the `HierarchicalController` chooses each
 action (its code writer and diffusion policy live in the parent); the record holds the code line
 of every step (run-length encoded: ``[[line, steps], ...]``), the chunks drawn and why, and the time
-spent in the VLM, the policy and the simulator. Frames with their code line can be kept for videos.
+spent in the VLM, the policy and the simulator (``sim_s``; the reset's share, ``reset_s``, costs as
+much as many steps and is no part of a control step). Frames with their code line can be kept for
+videos.
 """
 
 from __future__ import annotations
@@ -90,14 +92,16 @@ def run_policy_episode(
 
     start = time.perf_counter()
     record: dict[str, Any] = {"task": job["task"], "seed": int(job["seed"]), "success": False, "steps": 0,
-                              "code_runs": [], "chunks": {}, "vlm_s": 0.0, "dp_s": 0.0, "sim_s": 0.0}  # fmt: skip
+                              "code_runs": [], "chunks": {}, "vlm_s": 0.0, "dp_s": 0.0, "sim_s": 0.0,
+                              "reset_s": 0.0}  # fmt: skip
     frames: list[np.ndarray] = []
     captions: list[str] = []
     try:
         t = time.perf_counter()
         reset = _call(sim, "reset", seed=int(job["seed"]), task=job.get("registry", job["task"]),
                       task_args=dict(job.get("task_args") or {}), prompt_index=job.get("prompt_index"))  # fmt: skip
-        record["sim_s"] += time.perf_counter() - t
+        record["reset_s"] = time.perf_counter() - t
+        record["sim_s"] += record["reset_s"]
     except WorkerError as e:
         return {**record, "end_reason": "worker_error", "error": f"reset: {e}"}
     record["prompt"] = reset["prompt"]
@@ -134,7 +138,7 @@ def run_policy_episode(
             end = "success"
     record.update(success=bool(obs["success"]), steps=int(obs["steps"]), end_reason=end,
                   total_s=round(time.perf_counter() - start, 4))  # fmt: skip
-    for key in ("vlm_s", "dp_s", "sim_s"):
+    for key in ("vlm_s", "dp_s", "sim_s", "reset_s"):
         record[key] = round(record[key], 4)
     if record_frames:
         record["_frames"], record["_captions"] = frames, captions

@@ -267,7 +267,8 @@ class EpisodeRecord:
     code: list[str] = dataclasses.field(default_factory=list)
     calls: list[dict] = dataclasses.field(default_factory=list)
     vlm_s: float = 0.0
-    sim_s: float = 0.0
+    sim_s: float = 0.0  # the reset included
+    reset_s: float = 0.0
     total_s: float = 0.0
     error: str | None = None
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
@@ -275,7 +276,7 @@ class EpisodeRecord:
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("frames")
-        for key in ("vlm_s", "sim_s", "total_s"):
+        for key in ("vlm_s", "sim_s", "reset_s", "total_s"):
             out[key] = round(out[key], 4)
         return out
 
@@ -315,7 +316,8 @@ def run_episode(
         t = time.perf_counter()
         options = {"split": split} if split is not None else {}  # stand-in simulators need not know splits
         reset = sim.reset(seed=int(seed), task=task, task_args=task_args, prompt_index=prompt_index, **options)
-        sim_s += time.perf_counter() - t
+        record.reset_s = time.perf_counter() - t
+        sim_s += record.reset_s
     except WorkerError as e:
         record.end_reason, record.error = "worker_error", f"reset: {e}"
         record.total_s = time.perf_counter() - start

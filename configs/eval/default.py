@@ -38,4 +38,5 @@ def get_config(arg=None):
     c.max_steps = 0  # control steps per episode (0: the environment's limit, 1000)
     c.max_queries = 25  # VLM+Oracle: API calls per episode
     c.n_action_steps = 0  # actions executed per chunk (0: the DP's own data.n_action_steps)
+    c.image_size = 0  # camera size where no checkpoint fixes it (a stand-in code writer); else the checkpoints'
     return c
