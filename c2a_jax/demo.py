@@ -48,8 +48,9 @@ class Stage:
     """One step of the demo: a name, the command it runs, and the paths it writes (`outputs`),
     removed when the stage must start afresh because its command or an earlier stage changed."""
 
-    def __init__(self, name: str, command: Sequence[str], what: str, outputs: Sequence[str] = ()):
+    def __init__(self, name: str, command: Sequence[str], what: str, outputs: Sequence[str] = (), group: str = ""):
         self.name, self.command, self.what, self.outputs = name, list(command), what, list(outputs)
+        self.group = group  # consecutive stages of one non-empty group run side by side
 
 
 def stages(config: Any) -> list[Stage]:
@@ -77,7 +78,7 @@ def stages(config: Any) -> list[Stage]:
     out.append(Stage(
         "vlm", [py, os.path.join(ROOT, "train_vlm.py"), "--config=" + os.path.join(ROOT, "configs", "vlm", "tiny.py"),
                 f"--config.workdir={work}/vlm", dataset, *common, *overrides(config.vlm)],
-        "the code-writing VLM", [f"{work}/vlm"],
+        "the code-writing VLM", [f"{work}/vlm"], "train",
     ))  # fmt: skip
     dp_config = os.path.join(ROOT, "configs", "dp", "tiny.py")
     for stage, arg, section, what in (
@@ -86,7 +87,7 @@ def stages(config: Any) -> list[Stage]:
     ):
         out.append(Stage(stage, [py, os.path.join(ROOT, "train_dp.py"), f"--config={dp_config}:{arg}",
                                  f"--config.workdir={work}/{stage}", dataset, *common, *overrides(section)],
-                         what, [f"{work}/{stage}"]))  # fmt: skip
+                         what, [f"{work}/{stage}"], "train"))  # fmt: skip
     eval_config = os.path.join(ROOT, "configs", "eval", "default.py")
     tasks = ",".join(str(t) for t in config.tasks)
     for mode in EVAL_MODES:
@@ -129,19 +130,78 @@ def _load_state(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_stage(stage: Stage, log: Any = print) -> float:
     """Run one stage's command with the terminal attached (its progress bars show); its wall time."""
     log(f"\n== {stage.name}: {stage.what}\n$ {shlex.join(stage.command)}", flush=True)
     start = time.time()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run(stage.command, cwd=ROOT, env=env, check=False)
+    result = subprocess.run(stage.command, cwd=ROOT, env=_child_env(), check=False)
     if result.returncode != 0:
         raise RuntimeError(
             f"stage {stage.name!r} failed (exit {result.returncode}); its command is printed above. "
             "Run the demo again to resume from this stage."
         )
     return time.time() - start
+
+
+def _last_line(path: str, width: int = 70) -> str:
+    """The newest progress line of a log (tqdm redraws with carriage returns)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+    return parts[-1][:width] if parts else ""
+
+
+class StageFailed(RuntimeError):
+    """A stage of a side-by-side group failed; `finished` holds the wall times of those that did not."""
+
+    def __init__(self, message: str, finished: dict[str, float]):
+        super().__init__(message)
+        self.finished = finished
+
+
+def run_side_by_side(group: Sequence[Stage], logs_dir: str, log: Any = print, every_s: float = 30.0) -> dict:
+    """Run independent stages at once (the trainings: their single-threaded start-up and compile
+    phases overlap), each writing to ``<logs_dir>/<stage>.log``, with a status line every
+    `every_s` seconds; their wall times. A failed stage is named with its log after all ended."""
+    os.makedirs(logs_dir, exist_ok=True)
+    running, started, seconds = {}, time.time(), {}
+    for stage in group:
+        path = os.path.join(logs_dir, stage.name.replace(":", "_") + ".log")
+        log(f"\n== {stage.name}: {stage.what} (side by side; log {path})\n$ {shlex.join(stage.command)}", flush=True)
+        handle = open(path, "wb")  # noqa: SIM115  (closed when the stage ends)
+        process = subprocess.Popen(stage.command, cwd=ROOT, env=_child_env(), stdout=handle, stderr=subprocess.STDOUT)
+        running[stage.name] = (process, handle, path)
+    failed = []
+    last_status = time.time()
+    while running:
+        time.sleep(1.0)
+        for name, (process, handle, path) in list(running.items()):
+            if process.poll() is None:
+                continue
+            handle.close()
+            del running[name]
+            seconds[name] = time.time() - started
+            if process.returncode != 0:
+                failed.append(f"{name} (exit {process.returncode}, log {path})")
+            log(f"== {name}: finished in {seconds[name] / 60:.1f} min" + (" (failed)" if process.returncode else ""))
+        if running and time.time() - last_status >= every_s:
+            last_status = time.time()
+            status = " | ".join(f"{n}: {_last_line(p)}" for n, (_, _, p) in running.items())
+            log(f"   [{time.time() - started:.0f}s] {status}", flush=True)
+    if failed:
+        finished = {k: v for k, v in seconds.items() if not any(f.startswith(k + " ") for f in failed)}
+        raise StageFailed(f"stage {failed[0]!r} failed; run the demo again to resume from it", finished)
+    return seconds
 
 
 def oracle_ratio(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -165,8 +225,22 @@ def oracle_ratio(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_demo_report(config: Any, timings: Mapping[str, float]) -> dict[str, Any]:
+def wall_time(timings: Mapping[str, float], groups: Mapping[str, str]) -> float:
+    """The demo's wall time: stages one after the other, a side-by-side group as its longest stage."""
+    longest: dict[str, float] = {}
+    total = 0.0
+    for name, seconds in timings.items():
+        group = groups.get(name, "")
+        if group:
+            longest[group] = max(longest.get(group, 0.0), seconds)
+        else:
+            total += seconds
+    return total + sum(longest.values())
+
+
+def write_demo_report(config: Any, timings: Mapping[str, float], groups: Mapping[str, str] | None = None) -> dict:
     """`<workdir>/report.md` (with tables, chart, videos) from every evaluation's episodes."""
+    groups = dict(groups or {})
     from c2a_jax.eval import report
 
     work = os.path.abspath(str(config.workdir))
@@ -181,7 +255,7 @@ def write_demo_report(config: Any, timings: Mapping[str, float]) -> dict[str, An
         for name in sorted(os.listdir(source)) if os.path.isdir(source) else []:
             shutil.copyfile(os.path.join(source, name), os.path.join(videos, f"{mode}_{name}"))
     ratio = oracle_ratio(records)
-    total = sum(timings.values())
+    total = wall_time(timings, groups)
     lines = [
         "Tasks and oracle demonstrations: "
         + ", ".join(f"{t} {demo_count(config, str(t))}" for t in config.tasks)
@@ -194,7 +268,10 @@ def write_demo_report(config: Any, timings: Mapping[str, float]) -> dict[str, An
         "",
         "| stage | wall time |",
         "|---|---|",
-        *[f"| {name} | {seconds / 60:.1f} min |" for name, seconds in timings.items()],
+        *[
+            f"| {name}{' (side by side)' if groups.get(name) else ''} | {seconds / 60:.1f} min |"
+            for name, seconds in timings.items()
+        ],  # fmt: skip
         f"| **total** | **{total / 60:.1f} min** |",
     ]
     paths = report.write_report(records, work, title="c2a-jax demo", preamble="\n".join(lines))
@@ -219,24 +296,50 @@ def run_demo(config: Any, from_stage: str | None = None, log: Any = print) -> di
     names = [s.name for s in plan]
     if from_stage is not None and from_stage not in names:
         raise ValueError(f"unknown stage {from_stage!r}; stages: {names}")
-    start, fresh = time.time(), False
-    for i, stage in enumerate(plan):
-        fresh = fresh or stage.name == from_stage
-        record = state.get(stage.name)
-        if not fresh and record is not None and record.get("command") == stage.command:
-            log(f"== {stage.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
+    steps: list[list[Stage]] = []  # consecutive stages of one group run together
+    for stage in plan:
+        if steps and stage.group and steps[-1][0].group == stage.group:
+            steps[-1].append(stage)
+        else:
+            steps.append([stage])
+    start, fresh, done = time.time(), False, 0
+    for step in steps:
+        todo = []
+        for stage in step:
+            record = state.get(stage.name)
+            again = fresh or stage.name == from_stage
+            if not again and record is not None and record.get("command") == stage.command:
+                log(f"== {stage.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
+                continue
+            if again or record is not None:  # changed inputs: what the stage wrote before is stale
+                for path in stage.outputs:
+                    shutil.rmtree(path, ignore_errors=True)
+            state.pop(stage.name, None)
+            todo.append(stage)
+        done += len(step) - len(todo)
+        if not todo:
             continue
-        if fresh or record is not None:  # changed inputs: what the stage wrote before is stale
-            for path in stage.outputs:
-                shutil.rmtree(path, ignore_errors=True)
-        state.pop(stage.name, None)
-        log(f"[{i + 1}/{len(plan)}] {time.time() - start:.0f}s into this run")
-        seconds = run_stage(stage, log)
-        state[stage.name] = {"seconds": round(seconds, 1), "command": stage.command}
+        log(f"[{done + 1}/{len(plan)}] {time.time() - start:.0f}s into this run")
+        failure = None
+        if len(todo) == 1:
+            seconds = {todo[0].name: run_stage(todo[0], log)}
+        else:
+            try:
+                seconds = run_side_by_side(todo, os.path.join(work, "logs"), log)
+            except StageFailed as e:
+                seconds, failure = e.finished, e
+        for stage in todo:
+            if stage.name in seconds:
+                state[stage.name] = {"seconds": round(seconds[stage.name], 1), "command": stage.command,
+                                     "group": stage.group if len(todo) > 1 else ""}  # fmt: skip
         atomic_write_text(state_path, json.dumps(state, indent=2) + "\n")
-        fresh = True  # every later stage reads what this one wrote
+        if failure is not None:
+            raise failure
+        done += len(todo)
+        fresh = True  # every later stage reads what these wrote
     timings = {name: state[name]["seconds"] for name in names if name in state}
-    summary = write_demo_report(config, timings)
+    groups = {name: state[name].get("group", "") for name in names if name in state}
+    summary = write_demo_report(config, timings, groups)
     log(f"\nreport: {summary['report']}\n{json.dumps(summary['oracle_ratio'])}")
     return summary
 

@@ -142,3 +142,42 @@ def test_a_task_without_a_demonstration_count_is_named(tmp_path):
     config.demos.Topple = 0
     with pytest.raises(ValueError, match="Topple must be >= 1"):
         demo.stages(config)
+
+
+def test_stages_of_one_group_run_side_by_side_and_a_failure_keeps_the_others(tmp_path, monkeypatch):
+    config = _demo_config(tmp_path)
+    flag = tmp_path / "b_started"
+    # "a" finishes only once "b" has started: run one after the other, "a" would time out and fail.
+    wait_for_b = (
+        f"import os, time\nt = time.time()\nwhile not os.path.exists({str(flag)!r}):\n"
+        "    time.sleep(0.05)\n    if time.time() - t > 60: raise SystemExit(4)\n"
+    )
+    start_b = f"open({str(flag)!r}, 'w').write('1')"
+
+    def plan(_config, fail_c=False):
+        return [
+            demo.Stage("a", [sys.executable, "-c", wait_for_b], "waits for b", group="train"),
+            demo.Stage("b", [sys.executable, "-c", start_b], "starts", group="train"),
+            demo.Stage("c", [sys.executable, "-c", "raise SystemExit(5)" if fail_c else "pass"], "c", group="train"),
+            demo.Stage("d", [sys.executable, "-c", "pass"], "after the group"),
+        ]
+
+    monkeypatch.setattr(demo, "stages", lambda c: plan(c, fail_c=True))
+    with pytest.raises(RuntimeError, match="'c \\(exit 5"):
+        demo.run_demo(config, log=lambda *a, **k: None)
+    state = json.loads(open(os.path.join(config.workdir, "stages.json")).read())
+    assert set(state) == {"a", "b"} and state["a"]["group"] == "train"  # the finished ones are kept
+    assert os.path.isfile(os.path.join(config.workdir, "logs", "c.log"))
+
+    monkeypatch.setattr(demo, "stages", plan)
+    os.makedirs(os.path.join(config.workdir, "eval_oracle"), exist_ok=True)
+    _records(os.path.join(config.workdir, "eval_oracle", "episodes.jsonl"), "oracle", "Topple", [True])
+    summary = demo.run_demo(config, log=lambda *a, **k: None)
+    times = summary["stages_s"]
+    assert set(times) == {"a", "b", "c", "d"}
+    state = json.loads(open(os.path.join(config.workdir, "stages.json")).read())
+    groups = {name: record["group"] for name, record in state.items()}
+    assert groups == {"a": "train", "b": "train", "c": "", "d": ""}  # c was resumed alone
+    # wall time: the group counts as its longest stage, not the sum
+    assert summary["total_s"] == pytest.approx(max(times["a"], times["b"]) + times["c"] + times["d"], abs=0.1)
+    assert demo.wall_time({"x": 3.0, "y": 5.0, "z": 1.0}, {"x": "g", "y": "g"}) == 6.0
