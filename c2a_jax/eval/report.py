@@ -248,10 +248,11 @@ def table2(cells: Sequence[Cell], mode: str = "vlm_oracle") -> tuple[list[str], 
     chosen = [c for c in cells if c.mode == mode]
     header = ["Task", "Level", "Success % [95% CI]", "Episodes", "Avg. #actions", "paper: success %",
               "paper: avg. #actions"]  # fmt: skip
+    table = PAPER_TABLE2 if mode == "vlm_oracle" else {}  # the paper's Table 2 is VLM+Oracle's alone
     rows = []
     for task in _task_order(chosen, list(PAPER_TABLE2)):
         for c in (c for c in chosen if c.task == task):
-            paper = PAPER_TABLE2.get(task)
+            paper = table.get(task)
             rows.append([task + (f" ({c.dataset})" if c.dataset else ""), c.level or "-", _cell_text(c).split(" (n=")[0],
                          str(c.episodes), "-" if c.mean_queries is None else f"{c.mean_queries:.1f}",
                          f"{paper[1]:g}" if paper else "-", f"{paper[2]:g}" if paper else "-"])  # fmt: skip
@@ -260,7 +261,7 @@ def table2(cells: Sequence[Cell], mode: str = "vlm_oracle") -> tuple[list[str], 
         values = [v for (m, d, lv), v in means.items() if lv == level]
         if not values:
             continue
-        paper = [p[1] for t, p in PAPER_TABLE2.items() if (level == "all" or p[0] == level)
+        paper = [p[1] for t, p in table.items() if (level == "all" or p[0] == level)
                  and any(c.task == t for c in chosen)]  # fmt: skip
         rows.append([f"mean ({level})", level if level != "all" else "-", _pct(float(np.mean(values))), "", "",
                      f"{np.mean(paper):.1f}" if paper else "-", ""])  # fmt: skip
