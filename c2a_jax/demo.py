@@ -307,7 +307,8 @@ def run_demo(config: Any, from_stage: str | None = None, log: Any = print) -> di
         todo = []
         for stage in step:
             record = state.get(stage.name)
-            again = fresh or stage.name == from_stage
+            fresh = fresh or stage.name == from_stage  # from there on, every stage (its group's too)
+            again = fresh
             if not again and record is not None and record.get("command") == stage.command:
                 log(f"== {stage.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
                 continue

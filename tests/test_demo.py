@@ -181,3 +181,10 @@ def test_stages_of_one_group_run_side_by_side_and_a_failure_keeps_the_others(tmp
     # wall time: the group counts as its longest stage, not the sum
     assert summary["total_s"] == pytest.approx(max(times["a"], times["b"]) + times["c"] + times["d"], abs=0.1)
     assert demo.wall_time({"x": 3.0, "y": 5.0, "z": 1.0}, {"x": "g", "y": "g"}) == 6.0
+
+    # --from-stage a reruns the whole group from a on (b and c with it) and what follows
+    flag.unlink()
+    summary = demo.run_demo(config, from_stage="a", log=lambda *a, **k: None)
+    state = json.loads(open(os.path.join(config.workdir, "stages.json")).read())
+    assert {name: record["group"] for name, record in state.items()} == {"a": "train", "b": "train", "c": "train",
+                                                                          "d": ""}  # fmt: skip
