@@ -290,7 +290,11 @@ def bar_chart(cells: Sequence[Cell], path: str | os.PathLike) -> str:
                 continue
             lo, hi = c.interval
             # max(0, ...): at 0/n or n/n the interval's end equals the rate only up to rounding
-            rates.append(100 * c.rate), lows.append(100 * max(0.0, c.rate - lo)), highs.append(100 * max(0.0, hi - c.rate))
+            (
+                rates.append(100 * c.rate),
+                lows.append(100 * max(0.0, c.rate - lo)),
+                highs.append(100 * max(0.0, hi - c.rate)),
+            )
         ax.bar(x + (i - (len(columns) - 1) / 2) * width, rates, width, yerr=[lows, highs], capsize=2,
                label=_title(mode, dataset))  # fmt: skip
     ax.set_xticks(x, tasks, rotation=30, ha="right")
