@@ -473,6 +473,12 @@ def next_leaf(p: Predicate) -> Predicate | None:
     return None if p.success() else p
 
 
+def gripper_distance(env, actor: SceneObject) -> float:
+    """Distance from the actor's box to the gripper links (the push predicates' "left alone" test)."""
+    gripper = np.stack([np.asarray(link.entity_pose.p) for link in env.agent.gripper_links])
+    return box_distance(actor.world_vertices(), gripper)
+
+
 class AtPositionPushed(Predicate):
     """Pushed (never grasped) to within 3 cm (x-y) of a pose and left alone: static, not touched by
     the gripper, at least 1 mm away from it (spec 4.5; Swap by pushing)."""
@@ -492,8 +498,7 @@ class AtPositionPushed(Predicate):
         return self.pose
 
     def ee_distance(self) -> float:
-        gripper = np.stack([np.asarray(link.entity_pose.p) for link in self.env.agent.gripper_links])
-        return box_distance(self.actor.world_vertices(), gripper)
+        return gripper_distance(self.env, self.actor)
 
     def at_pos(self, p: np.ndarray) -> bool:
         return float(np.linalg.norm(np.asarray(self.pose.p)[:2] - p[:2])) < self.tolerance
@@ -552,8 +557,7 @@ class DirectionPushed(Predicate):
         self.grasped = False
 
     def ee_distance(self) -> float:
-        gripper = np.stack([np.asarray(link.entity_pose.p) for link in self.env.agent.gripper_links])
-        return box_distance(self.actor.world_vertices(), gripper)
+        return gripper_distance(self.env, self.actor)
 
     def evaluate(self) -> dict:
         p = np.asarray(self.actor.pose().p)
