@@ -89,11 +89,15 @@ def test_write_report_chart_and_video(tmp_path):
     assert len(records) == 64
     frames = [np.full((32, 48, 3), 40 * i, np.uint8) for i in range(5)]
     captions = [f"pick(actor=get_actor('red cube'))  # step {i}" for i in range(5)]
+    captions[3] = "pose_dict['red cube target'] = free_space_next_to(actor=get_actor('red cube'), " * 3  # wraps
     (tmp_path / "out" / "videos").mkdir(parents=True)
     video = report.write_video(frames, captions, tmp_path / "out" / "videos" / "PlaceNextTo_0.mp4", fps=5)
     back = imageio.mimread(video)
-    assert len(back) == 5 and back[0].shape == (2 * 32 + 28, 2 * 48, 3)
-    assert back[2][70:, :, :].max() > 128  # the caption band carries (white) text
+    # 48 px wide frames are scaled 8x to reach 384 px; a band of three caption lines below
+    assert len(back) == 5 and back[0].shape == (8 * 32 + 44, 8 * 48, 3)
+    assert back[2][8 * 32 :, :, :].max() > 128  # the caption band carries (white) text
+    assert back[2][8 * 32 + 18 :, :, :].max() < 100  # a short caption takes one line
+    assert back[3][8 * 32 + 30 :, :, :].max() > 128  # a long one is wrapped onto the third line
     paths = report.write_report(records, tmp_path / "out", title="test")
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Table 1 layout" in text and "paper: VLM+DP L0+L1" in text and "videos/PlaceNextTo_0.mp4" in text

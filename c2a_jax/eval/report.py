@@ -311,9 +311,18 @@ def bar_chart(cells: Sequence[Cell], path: str | os.PathLike) -> str:
     return path
 
 
-def annotate_frames(frames: Sequence[np.ndarray], captions: Sequence[str], scale: int = 2) -> list[np.ndarray]:
-    """Frames (H, W, 3) uint8 upscaled by `scale` with their caption (the current code line) drawn in
-    a band under the image, so that a video shows what the policy was told at every step."""
+def annotate_frames(
+    frames: Sequence[np.ndarray],
+    captions: Sequence[str],
+    scale: int | None = None,
+    min_width: int = 384,
+    lines: int = 3,
+) -> list[np.ndarray]:
+    """Frames (H, W, 3) uint8 upscaled (by `scale`, default enough for `min_width` pixels) with their
+    caption (the current code line) wrapped over up to `lines` lines in a band under the image, so
+    that a video shows what the policy was told at every step."""
+    import textwrap
+
     from PIL import Image, ImageDraw, ImageFont
 
     if len(frames) != len(captions):
@@ -321,15 +330,20 @@ def annotate_frames(frames: Sequence[np.ndarray], captions: Sequence[str], scale
     font = ImageFont.load_default()
     out = []
     for frame, caption in zip(frames, captions, strict=True):
+        k = scale or max(2, -(-min_width // frame.shape[1]))
         image = Image.fromarray(np.asarray(frame, np.uint8)).resize(
-            (frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST
+            (frame.shape[1] * k, frame.shape[0] * k), Image.NEAREST
         )
-        band = 28
+        per_line = max(image.width // 6 - 1, 4)
+        wrapped = textwrap.wrap(caption.replace("\n", " // "), per_line, break_long_words=True) or [""]
+        if len(wrapped) > lines:
+            wrapped = wrapped[: lines - 1] + [wrapped[lines - 1][: per_line - 3] + "..."]
+        band = 12 * lines + 8
         canvas = Image.new("RGB", (image.width, image.height + band), (0, 0, 0))
         canvas.paste(image, (0, 0))
         draw = ImageDraw.Draw(canvas)
-        text = caption if len(caption) * 6 < image.width else caption[: max(image.width // 6 - 3, 1)] + "..."
-        draw.text((4, image.height + 8), text, fill=(255, 255, 255), font=font)
+        for i, text in enumerate(wrapped):
+            draw.text((4, image.height + 4 + 12 * i), text, fill=(255, 255, 255), font=font)
         out.append(np.asarray(canvas))
     return out
 
