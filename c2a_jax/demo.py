@@ -62,6 +62,7 @@ def stages(config: Any) -> list[Stage]:
     demos, rlds = os.path.join(work, "demos"), os.path.join(work, "rlds")
     size, workers = int(config.image_size), int(config.num_workers)
     out: list[Stage] = []
+    levels = "+".join(sorted({resolve(str(t))["level"] or "?" for t in config.tasks}))
     for name in config.tasks:
         task, count = resolve(str(name)), demo_count(config, str(name))
         out.append(Stage(
@@ -100,7 +101,7 @@ def stages(config: Any) -> list[Stage]:
         if mode in ("vlm_dp", "dp"):
             command.append(f"--config.dp_checkpoint={work}/{'dp' if mode == 'vlm_dp' else 'dp_flat'}")
             command.append(f"--config.max_steps={int(config.eval.max_steps)}")
-            command.append(f"--config.dataset={'+'.join(_levels(config))}")
+            command.append(f"--config.dataset={levels}")
         if mode == "vlm_oracle":
             command.append(f"--config.max_queries={int(config.eval.max_queries)}")
         out.append(Stage(f"eval_{mode}", command, f"evaluation: {mode}", [f"{work}/eval_{mode}"]))
@@ -115,12 +116,6 @@ def demo_count(config: Any, task: str) -> int:
     if count < 1:
         raise ValueError(f"config.demos.{task} must be >= 1, got {count}")
     return count
-
-
-def _levels(config: Any) -> list[str]:
-    from c2a_jax.eval.tasks import resolve
-
-    return sorted({resolve(str(t))["level"] or "?" for t in config.tasks})
 
 
 def _load_state(path: str) -> dict[str, Any]:
@@ -181,7 +176,7 @@ def run_side_by_side(group: Sequence[Stage], logs_dir: str, log: Any = print, ev
         handle = open(path, "wb")  # noqa: SIM115  (closed when the stage ends)
         process = subprocess.Popen(stage.command, cwd=ROOT, env=_child_env(), stdout=handle, stderr=subprocess.STDOUT)
         running[stage.name] = (process, handle, path)
-    failed = []
+    failed: dict[str, str] = {}  # name -> what to tell the user
     last_status = time.time()
     while running:
         time.sleep(1.0)
@@ -192,15 +187,17 @@ def run_side_by_side(group: Sequence[Stage], logs_dir: str, log: Any = print, ev
             del running[name]
             seconds[name] = time.time() - started
             if process.returncode != 0:
-                failed.append(f"{name} (exit {process.returncode}, log {path})")
+                failed[name] = f"{name} (exit {process.returncode}, log {path})"
             log(f"== {name}: finished in {seconds[name] / 60:.1f} min" + (" (failed)" if process.returncode else ""))
         if running and time.time() - last_status >= every_s:
             last_status = time.time()
             status = " | ".join(f"{n}: {_last_line(p)}" for n, (_, _, p) in running.items())
             log(f"   [{time.time() - started:.0f}s] {status}", flush=True)
     if failed:
-        finished = {k: v for k, v in seconds.items() if not any(f.startswith(k + " ") for f in failed)}
-        raise StageFailed(f"stage {failed[0]!r} failed; run the demo again to resume from it", finished)
+        finished = {k: v for k, v in seconds.items() if k not in failed}
+        raise StageFailed(
+            f"stage {next(iter(failed.values()))!r} failed; run the demo again to resume from it", finished
+        )
     return seconds
 
 
