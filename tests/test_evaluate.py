@@ -133,6 +133,36 @@ def test_vlm_dp_runs_a_few_steps_with_untrained_models(vlm_dir):
     assert len(record["_frames"]) == 5 and record["_frames"][0].shape == (32, 32, 3)
 
 
+def test_models_of_other_image_sizes_read_larger_renderings_resized_as_in_training(vlm_dir):
+    """The paper's VLM reads 336 px and its DP 128 px: evaluation renders once at the larger size and
+    each model resizes to its own. A 64 px frame must give exactly what its training-style 32 px
+    resize gives, for the code writer and for the DP runner."""
+    from c2a_jax.infer.code_writer import CodeWriter
+    from c2a_jax.infer.resize import resize_images
+    from c2a_jax.train.vlm_task import load_trained_vlm
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    small = resize_images(frame, 32)
+    assert small.shape == (32, 32, 3) and resize_images(small, 32) is small
+    model, tok, _ = load_trained_vlm(vlm_dir)
+    writer = CodeWriter(model, tok, max_new_tokens=8)
+    writer.generate_code(frame, "Pick up the red cube", [])
+    tokens_big = writer.last_result.tokens.copy()
+    writer.generate_code(small, "Pick up the red cube", [])
+    np.testing.assert_array_equal(tokens_big, writer.last_result.tokens)
+
+    runner = _untrained_dp_runner()
+    state = rng.normal(size=9).astype(np.float32)
+    wrist = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    text = {"code": "pick(actor=get_actor('red cube'))", "cache_info": "pose_dict = {}"}
+    big = runner.sample({"image": frame, "wrist_image": wrist, "state": state}, rng=0, **text)
+    resized = {"image": small, "wrist_image": resize_images(wrist, 32), "state": state}
+    np.testing.assert_array_equal(big, runner.sample(resized, rng=0, **text))
+    with pytest.raises(ValueError, match="uint8"):
+        runner.sample({"image": frame.astype(np.float32), "wrist_image": wrist, "state": state}, rng=0, **text)
+
+
 def test_a_stand_in_code_writer_per_episode_needs_no_vlm_checkpoint(tmp_path):
     """`code_writer_for(job)` answers each episode's queries (here: done() at once); without a VLM
     checkpoint the image size comes from the config."""

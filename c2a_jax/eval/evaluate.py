@@ -17,7 +17,8 @@ Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or regi
 num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint, dataset (a label
 for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
 videos_per_task, max_steps, max_queries, n_action_steps (0: the DP's own), image_size (only
-where no checkpoint fixes it).
+where no checkpoint fixes it). The simulator renders at the larger of the two models' image sizes
+and each model resizes to its own (`c2a_jax.infer.resize`).
 
 `evaluate(config, code_writer_for=...)` answers the VLM's queries with a stand-in instead:
 ``code_writer_for(job)`` gives each episode its own writer ``(image, prompt, memory,
@@ -120,10 +121,10 @@ def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = Non
         if not path:
             raise FileNotFoundError(f"mode {mode!r} needs --config.dp_checkpoint (a train_dp.py work directory)")
         runner = DiffusionPolicyRunner.from_checkpoint(path)
+    # One rendering for both models: at the larger of their sizes; the code writer and the DP runner
+    # each resize to their own as training did (the paper's LLaVA reads 336 px, its DP 128 px).
     sizes = {int(c.data.image_size) for c in (vlm_config, runner.config if runner else None) if c is not None}
-    if len(sizes) > 1:
-        raise ValueError(f"the VLM and the DP were trained at different image sizes {sorted(sizes)}")
-    image_size = sizes.pop() if sizes else int(config_value(config, "image_size", 0) or 0)
+    image_size = max(sizes) if sizes else int(config_value(config, "image_size", 0) or 0)
     if not image_size and mode == "oracle":
         image_size = 64  # the oracle mode renders nothing
     if not image_size:

@@ -24,6 +24,7 @@ from c2a_jax.codeapi import MemoryBuffer, comment
 from c2a_jax.data.tokenizer import TextTokenizer
 from c2a_jax.data.vlm import TEMPLATES, VlmTokenizer, code_question
 from c2a_jax.infer.decode import DecodeResult, generate, token_tables
+from c2a_jax.infer.resize import resize_images
 from c2a_jax.models.phi3 import decode_step
 
 BUCKET = 32
@@ -105,7 +106,9 @@ class CodeWriter:
         memories: Sequence[Sequence[str]],
         keystep_requests: Sequence[bool] | None = None,
     ) -> list[str]:
-        """One code answer per row: `images` uint8 (B, S, S, 3), a prompt and a memory per row."""
+        """One code answer per row: `images` uint8 (B, H, W, 3) (resized to the model's size as training
+        resized them), a prompt and a memory per row."""
+        images = resize_images(images, self.config.vision.image_size)
         requests = list(keystep_requests) if keystep_requests is not None else [False] * len(prompts)
         tokens, real = self._prompts(prompts, memories, requests)
         total = tokens.shape[1] + self.max_new_tokens
@@ -134,7 +137,7 @@ class CodeWriter:
     def generate_code(
         self, image: np.ndarray, prompt: str, memory: Sequence[str], keystep_request: bool = False
     ) -> str:
-        """The code for one image (S, S, 3) uint8, task prompt and memory of past key-steps."""
+        """The code for one image (H, W, 3) uint8, task prompt and memory of past key-steps."""
         return self.generate_batch(np.asarray(image)[None], [prompt], [list(memory)], [keystep_request])[0]
 
     def session(self, prompt: str) -> CodeWriterSession:

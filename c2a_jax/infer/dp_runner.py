@@ -9,8 +9,10 @@ it from the checkpoint (config, statistics, EMA parameters), and `sample` does t
     chunk = runner.sample(obs, code="pick(actor=get_actor('red cube'))", cache_info="pose_dict = {}", rng=0)
     # chunk: (horizon, 7) float32, [0:6] the raw pd_ee_delta_pose action, [6] the vacuum command
 
-``obs``: ``image`` and ``wrist_image`` uint8 (S, S, 3) at the dataset's resolution
-(``data.image_size``; the runner centre-crops them as evaluation did in training), ``state`` (9,)
+``obs``: ``image`` and ``wrist_image`` uint8 (H, W, 3), resized to the dataset's resolution
+(``data.image_size``) as training resized them when rendered at another size (an evaluation shared
+with a VLM of a larger input renders at the larger) and centre-cropped as evaluation did in
+training; ``state`` (9,)
 in raw units (TCP position, quaternion, vacuum_on, vacuum_grasping), and for a ``lowdim`` policy
 ``actor_grid_positions`` (K, 2). A leading batch axis on every entry (and lists of strings) gives
 a batch of chunks (B, horizon, 7). Text streams by conditioning mode: ``hierarchical`` needs
@@ -37,6 +39,7 @@ from flax import nnx
 
 from c2a_jax.data import dp
 from c2a_jax.data.normalization import Normalizer
+from c2a_jax.infer.resize import resize_images
 from c2a_jax.models.policy import OPTIONAL_STREAMS, CodePolicy, PolicyConfig, split_batch
 from c2a_jax.train import dp_task
 
@@ -115,13 +118,10 @@ class DiffusionPolicyRunner:
             cameras = {}
             for name in self.policy.cameras:
                 images = np.asarray(obs[name])
+                if images.dtype != np.uint8 or images.ndim < 3 or images.shape[-1] != 3:
+                    raise ValueError(f"obs[{name!r}] must be uint8 (H, W, 3) images, got {images.dtype} {images.shape}")
                 images = images.reshape(batch, *images.shape[-3:])
-                if images.dtype != np.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
-                    raise ValueError(
-                        f"obs[{name!r}] must be uint8 ({self.image_size}, {self.image_size}, 3) images (the dataset's "
-                        f"data.image_size), got {images.dtype} {images.shape[1:]}"
-                    )
-                cameras[name] = images
+                cameras[name] = resize_images(images, self.image_size)  # as training resized the dataset
             for i, frame in enumerate(frames):
                 views = [cameras[name][i] for name in self.policy.cameras]
                 if self.crop_size is not None:
