@@ -49,9 +49,9 @@ episodes, <= 2 GPU-hours per 1000 (estimate from the README's batch-1 decode rat
 it); six DPs, 8x V100 each for 31-72 h (Appendix F: 24-72 h by dataset size; ~2.3k GPU-hours in
 all); evaluation 7 runs x 640 episodes (an A100 and 8 simulator workers per run; a few hours each).
 
-Known gap: evaluate.py refuses VLM+DP when the VLM and the DP were trained at different image sizes
-(here 336 and 128), so the vlm_dp runs need that fixed first (render at the larger size and resize
-for each model); the tiny scale trains both at 64 and runs.
+Image sizes: the demos are rendered at 336 px (the VLM's input); the DP trains at 128 px (the RLDS
+reader resizes), and VLM+DP evaluation renders at 336 and resizes per model the same way
+(`c2a_jax.infer.resize`). The tiny scale trains both at 64.
 """
 
 from c2a_jax.experiments import Plan, parse_arg
