@@ -175,6 +175,7 @@ def main(argv=None) -> int:
                         episode = record.episode if record is not None else None
                         if record is not None:
                             entry.update(steps=record.steps, queries=record.queries, end_reason=record.end_reason,
+                                         parse_errors=record.parse_errors, invalid_calls=record.invalid_calls,
                                          seconds=round(record.total_s, 3))  # fmt: skip
                         with lock:
                             state["attempts"] += 1
