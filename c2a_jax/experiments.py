@@ -15,12 +15,15 @@ applies its dotted overrides, so a printed command cannot name a key that does n
 Stages, in order: ``demos`` (`data_pipelines/generate_demos.py`, one command per task and seed
 group; shard it over machines with ``--shard-index/--num-shards``, docs/launch.md), ``datasets``
 (a folder of links to the demos a dataset holds, then `data_pipelines/build_rlds.py`), ``train_vlm``,
-``relabel`` (`data_pipelines/relabel_with_vlm.py`), ``train_dp``, ``eval`` (`evaluate.py`) and
-``report`` (one report over all of the plan's evaluations, the paper's table layouts).
+``regenerate`` (`data_pipelines/regenerate_with_vlm_oracle.py`: a new dataset recorded by a trained
+VLM's VLM+Oracle policy, then `build_rlds.py`), ``relabel`` (`data_pipelines/relabel_with_vlm.py`),
+``train_dp``, ``eval`` (`evaluate.py`) and ``report`` (one report over all of the plan's
+evaluations, the paper's table layouts).
 
 Layout: everything shared between experiments lives under one root (default ``runs/experiments``),
 named so that two plans asking for the same thing get the same path and the work is done once
 (every step resumes or skips finished work): ``demos/<group>/<task dir>``, ``views/<dataset>``,
+``regen/<dataset>/<task dir>`` (a regenerated dataset: its own build input),
 ``rlds/<dataset>``, ``train/<run>``, ``labels/<name>.jsonl``; per plan: ``eval/<plan>/<run>``,
 ``report/<plan>``. Seeds: training demonstrations start at seed 1000 (group ``base``; the extra
 demonstrations of the data-scaling and large-Swap datasets, group ``extra``, at 100000);
@@ -48,7 +51,7 @@ from typing import Any
 
 import ml_collections
 
-STAGES = ("demos", "datasets", "train_vlm", "relabel", "train_dp", "eval", "report")
+STAGES = ("demos", "datasets", "train_vlm", "regenerate", "relabel", "train_dp", "eval", "report")
 TRAIN_SEED = 1000  # first seed of the training demonstrations (group "base")
 EXTRA_SEED = 100_000  # first seed of additional demonstrations (group "extra")
 EVAL_FIRST_SEED = 0  # evaluation seeds 0..63 (Appendix E.4)
@@ -148,6 +151,7 @@ class Plan:
         self.train: list[dict] = []
         self.relabels: list[dict] = []
         self.evals: list[dict] = []
+        self.regens: list[dict] = []
         self.missing: list[dict] = []
 
     # -- what to generate, build, train, evaluate --------------------------------------------------
@@ -179,8 +183,20 @@ class Plan:
         self.datasets.append({"label": label, "sources": list(sources)})
         return label
 
+    def regenerate(self, label: str, vlm: str, tasks: Sequence[str], episodes: int | None = None,
+                   seed: int = TRAIN_SEED) -> str:  # fmt: skip
+        """A dataset recorded by the VLM+Oracle policy of the trained VLM `vlm` (paper 5.2, Figure 6):
+        its successful episodes, labelled with the VLM's code; built like the others. `episodes` per
+        task at paper scale (the tiny scale uses its own)."""
+        from c2a_jax.eval.tasks import resolve
+
+        n = self.s["episodes_per_task"] if episodes is None or self.scale == "tiny" else int(episodes)
+        entries = [{"task": t, "registry": resolve(t)["registry"], "task_args": resolve(t)["task_args"]} for t in tasks]
+        self.regens.append({"label": label, "vlm": vlm, "tasks": entries, "episodes": n, "seed": int(seed)})
+        return label
+
     def train_vlm(self, name: str, dataset: str, **overrides: Any) -> str:
-        episodes = sum(d["episodes"] for d in self._dataset_demos(dataset))
+        episodes = self._dataset_episodes(dataset)
         hours = max(6, round(48 * episodes / 20000))  # Appendix F: 48 h on 8 A100s for the ~20k-episode suite
         o = {**self.s["vlm_overrides"], **{k.replace("__", "."): str(v) for k, v in overrides.items()}}
         self._run("train_vlm", name, "train_vlm.py", self.s["vlm_config"], dataset, o, gpus="8x A100-80GB",
@@ -197,7 +213,7 @@ class Plan:
         if instruction_source == "shifted":
             o["data.shift_k"] = str(shift_k)
         o.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
-        episodes = sum(d["episodes"] for d in self._dataset_demos(dataset))
+        episodes = self._dataset_episodes(dataset)
         hours = min(72, max(24, round(72 * episodes / 14000)))  # Appendix F: 24-72 h, 72 h for the largest
         self._run("train_dp", name, "train_dp.py", f"{self.s['dp_config']}:{conditioning}", dataset, o,
                   gpus="8x V100-32GB", hours=hours, needs_labels=labels if instruction_source == "vlm_file" else "")  # fmt: skip
@@ -230,8 +246,15 @@ class Plan:
             raise ValueError(f"dataset {label!r} not in the plan")
         return [d for d in self.demos if d["source"] in ds["sources"]]
 
+    def _dataset_episodes(self, label: str) -> int:
+        """Episodes of a dataset: built from demos, or regenerated."""
+        regen = next((r for r in self.regens if r["label"] == label), None)
+        if regen is not None:
+            return regen["episodes"] * len(regen["tasks"])
+        return sum(d["episodes"] for d in self._dataset_demos(label))
+
     def _run(self, stage, name, script, config, dataset, overrides, gpus, hours, needs_labels="") -> None:
-        self._dataset_demos(dataset)
+        self._dataset_episodes(dataset)
         self.train.append({"stage": stage, "name": name, "script": script, "config": config, "dataset": dataset,
                            "overrides": {k: str(v) for k, v in overrides.items()}, "gpus": gpus,
                            "hours": hours, "labels": needs_labels})  # fmt: skip
@@ -242,7 +265,8 @@ class Plan:
             "env": dict(self.s["env"]), "image_size": self.s["image_size"], "demo_workers": self.s["demo_workers"],
             "eval_seeds": self.s["eval_seeds"], "eval_overrides": dict(self.s["eval_overrides"]),
             "relabel_batch": self.s["relabel_batch"], "demos": self.demos, "datasets": self.datasets,
-            "train": self.train, "relabels": self.relabels, "evals": self.evals, "missing": self.missing,
+            "train": self.train, "relabels": self.relabels, "evals": self.evals, "regens": self.regens,
+            "missing": self.missing,
         })  # fmt: skip
 
 
@@ -310,6 +334,20 @@ def commands(plan: Mapping[str, Any], spec: str = "<plan>") -> list[Command]:
                        config=t["config"], overrides=o, comment=note)  # fmt: skip
 
     out += [train_cmd(t) for t in plan["train"] if t["stage"] == "train_vlm"]
+    for r in plan.get("regens", ()):
+        for t in r["tasks"]:
+            hours, _ = demo_hours(t["task"], r["episodes"])
+            argv = [py, "data_pipelines/regenerate_with_vlm_oracle.py", "--vlm-checkpoint", f"{root}/train/{r['vlm']}",
+                    "--task", t["registry"], "--task-args", json.dumps(t["task_args"], sort_keys=True),
+                    "--num-episodes", str(r["episodes"]), "--seed", str(r["seed"]), "--out", f"{root}/regen/{r['label']}",
+                    "--image-size", str(plan["image_size"]), "--num-workers", str(plan["demo_workers"])]  # fmt: skip
+            note = (f"{r['label']}/{t['task']}: VLM+Oracle of {r['vlm']} until {r['episodes']} successes; simulation "
+                    f"~{hours:.1f} CPU core-hours at the oracle demos' rate, divided by the VLM+Oracle success rate "
+                    "(estimate), plus one VLM query per API call (a GPU)")  # fmt: skip
+            out.append(Command("regenerate", f"{r['label']}/{t['task']}", argv, comment=note))
+        out.append(Command("regenerate", f"build {r['label']}",
+                           [py, "data_pipelines/build_rlds.py", "--demos", f"{root}/regen/{r['label']}",
+                            "--out", f"{root}/rlds/{r['label']}"]))  # fmt: skip
     for r in plan["relabels"]:
         argv = [py, "data_pipelines/relabel_with_vlm.py", "--vlm-checkpoint", f"{root}/train/{r['vlm']}",
                 "--dataset", f"{root}/rlds/{r['dataset']}", "--out", f"{root}/labels/{r['name']}.jsonl",
@@ -389,6 +427,7 @@ def check_consistent(plans: Sequence[Mapping[str, Any]]) -> list[str]:
         items += [("dataset", d["label"], sorted(d["sources"])) for d in plan["datasets"]]
         items += [("run", t["name"], t) for t in plan["train"]]
         items += [("labels", r["name"], r) for r in plan["relabels"]]
+        items += [("regenerated", r["label"], r) for r in plan.get("regens", ())]
         for kind, name, value in items:
             key = (plan["root"], plan["scale"], kind, name)
             if key in seen and seen[key][1] != value:
@@ -411,7 +450,15 @@ def check_plan(plan: Mapping[str, Any], spec: str = "<plan>") -> list[str]:
         except ValueError as e:
             problems.append(f"demos {d['source']}: {e}")
     runs = {t["name"] for t in plan["train"]}
-    datasets = {d["label"] for d in plan["datasets"]}
+    datasets = {d["label"] for d in plan["datasets"]} | {r["label"] for r in plan.get("regens", ())}
+    for r in plan.get("regens", ()):
+        if r["vlm"] not in runs:
+            problems.append(f"regenerate {r['label']}: needs run {r['vlm']}")
+        for t in r["tasks"]:
+            try:
+                resolve(t["task"])
+            except ValueError as e:
+                problems.append(f"regenerate {r['label']}: {e}")
     labels = {r["name"] for r in plan["relabels"]}
     for t in plan["train"]:
         if t["dataset"] not in datasets:

@@ -92,12 +92,39 @@ def test_table1_plan_matches_the_paper():
     assert "--config.model.init_from=${LLAVA_PHI3}" in text and "Estimated compute" in text
 
 
-def test_dataset_generation_names_the_missing_strategy():
+def test_dataset_generation_plans_all_four_strategies():
     plan = _plan(os.path.join(ROOT, "configs", "experiments", "dataset_generation.py"), "paper")
     sources = {e["overrides"].get("data.instruction_source") for e in plan["train"]}
     assert {"oracle", "shifted", "vlm_file"} <= sources
-    text = experiments.render(plan, "x")
-    assert "# MISSING: record a new PPP dataset with the VLM+Oracle policy" in text
+    assert {e["dataset_label"] for e in plan["evals"]} == {"oracle", "shifted", "VLM-relabelled",
+                                                           "VLM+Oracle-regenerated"}  # fmt: skip
+    cmds = experiments.commands(plan, "configs/experiments/dataset_generation.py")
+    assert not any(c.missing for c in cmds) and "MISSING" not in experiments.render(plan, "x")
+    stages = [c.stage for c in cmds]
+    assert stages == sorted(stages, key=experiments.STAGES.index)
+    assert stages.index("train_vlm") < stages.index("regenerate") < stages.index("train_dp")
+    regen = [c for c in cmds if c.stage == "regenerate"]
+    assert [c.argv[1] for c in regen] == ["data_pipelines/regenerate_with_vlm_oracle.py"] * 3 + [
+        "data_pipelines/build_rlds.py"
+    ]
+    for c in regen[:3]:  # the VLM that is trained, the PPP seeds and size, into the folder that is built
+        args = dict(zip(c.argv[2::2], c.argv[3::2], strict=False))
+        assert args["--vlm-checkpoint"] == "runs/experiments/train/vlm_PPP"
+        assert args["--seed"] == "1000" and args["--num-episodes"] == "2000" and args["--image-size"] == "336"
+        assert args["--out"] == "runs/experiments/regen/PPP_vlm_oracle"
+    assert regen[3].argv[3:] == [
+        "runs/experiments/regen/PPP_vlm_oracle",
+        "--out",
+        "runs/experiments/rlds/PPP_vlm_oracle",
+    ]
+    dp = next(c for c in cmds if c.name == "dp_hier_PPP_regen")
+    assert dp.overrides["data.dataset_dir"] == "runs/experiments/rlds/PPP_vlm_oracle"
+    assert dp.overrides["data.instruction_source"] == "oracle"  # the labels in the episodes: the VLM's
+    ev = next(c for c in cmds if c.name == "vlm_oracle_regenerated")
+    assert ev.overrides["dp_checkpoint"].endswith("train/dp_hier_PPP_regen")
+    broken = plan.to_dict()
+    broken["regens"][0]["vlm"] = "vlm_nowhere"
+    assert "regenerate PPP_vlm_oracle: needs run vlm_nowhere" in experiments.check_plan(broken)
 
 
 # ---------------------------------------------------------------------------------------------

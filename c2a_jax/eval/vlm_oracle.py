@@ -4,7 +4,7 @@ key-steps drives the oracle solvers, one line at a time.
 The code writer (a LLaVA `CodeWriter`, on JAX) lives in this process; the simulator (SAPIEN) lives
 in a worker process (`c2a_jax.sim.worker`). They talk through three calls of `VlmOracleWorker`:
 
-    reset(seed, task=None, task_args=None, prompt_index=None, split=None)
+    reset(seed, task=None, task_args=None, prompt_index=None, split=None, record=False)
         -> {"episode": token, "task", "task_args", "split", "seed", "prompt", "prompt_index",
             "prompts", "actors", "observation"}
     execute(episode, code, record_frames=False) -> {"result": ExecutionResult, "observation"}
@@ -15,6 +15,12 @@ in a worker process (`c2a_jax.sim.worker`). They talk through three calls of `Vl
                    "actors": (K, 13) float32 pose and velocity of each task actor, "actor_keys": [...]}
 
 Each query costs one round trip: `execute` answers with the observation the next query needs.
+With ``record=True`` the worker also records the episode as a demonstration file
+(`c2a_jax.sim.code_episode`: both cameras, proprioception and actions at every control step, and
+the running line as each step's code label); ``recorded_episode(episode)`` answers with it
+(``{"arrays", "meta"}``, the layout of `record_oracle_episode`). `run_episode(...,
+record_episode=True)` fetches it for successful episodes (`data_pipelines/regenerate_with_vlm_oracle.py`).
+
 The episode token guards against a worker that crashed and was restarted by the pool: the new
 process has no episode, refuses the old token, and the parent records a worker error instead of
 driving a fresh scene. `record_oracle(seed)` runs the task's own oracle in the same worker (the
@@ -89,6 +95,7 @@ class VlmOracleWorker:
         self.episode: str | None = None
         self.steps = 0
         self._image: tuple | None = None  # ((episode, steps), base-camera image) of the last render
+        self.recorder = None  # a CodeEpisodeRecorder while a recorded episode runs
         self._make(task, task_args)
 
     def _make(self, task: str, task_args: dict | None, split: str | None = None) -> None:
@@ -120,7 +127,10 @@ class VlmOracleWorker:
         actors = env.task.task_actors()
         states = np.stack([o.state() for o in actors]) if actors else np.zeros((0, 13))
         if self._image is None or self._image[0] != (self.episode, self.steps):  # nothing moved: no new render
-            image = env.render_cameras()["base_camera"] if self.images else np.zeros((1, 1, 3), np.uint8)
+            if self.recorder is not None and self.images:  # the recorder rendered this state already
+                image = self.recorder.steps.last_base_image
+            else:
+                image = env.render_cameras()["base_camera"] if self.images else np.zeros((1, 1, 3), np.uint8)
             self._image = ((self.episode, self.steps), image)
         image = self._image[1]
         return {
@@ -134,13 +144,18 @@ class VlmOracleWorker:
         }
 
     def reset(self, seed: int, task: str | None = None, task_args: dict | None = None,
-              prompt_index: int | None = None, split: str | None = None) -> dict[str, Any]:  # fmt: skip
+              prompt_index: int | None = None, split: str | None = None, record: bool = False) -> dict[str, Any]:  # fmt: skip
         if task is not None or (split is not None and split != self.split):
             self._make(task or self.task_name, task_args if task is not None else self.task_args, split)
+        self._stop_recording()
         self.env.reset(seed=int(seed))
         self.executor.reset()
         self.steps = 0
         self.episode = f"{self._nonce}-{next(self._ids)}"
+        if record:
+            from c2a_jax.sim.code_episode import CodeEpisodeRecorder
+
+            self.recorder = CodeEpisodeRecorder(self.env, self.executor, int(seed), images=self.images)
         described = self.env.task.describe()
         prompts = self.env.task.natural_prompts()
         index = default_prompt_index(self.task_name, prompts) if prompt_index is None else int(prompt_index)
@@ -164,9 +179,22 @@ class VlmOracleWorker:
 
     def execute(self, episode: str, code: str, record_frames: bool = False) -> dict[str, Any]:
         self._check(episode)
-        result = self.executor.execute(code, max_steps=self.max_steps - self.steps, record_frames=record_frames)
+        run = self.recorder.execute if self.recorder is not None else self.executor.execute
+        result = run(code, max_steps=self.max_steps - self.steps, record_frames=record_frames)
         self.steps += result.steps
         return {"result": result.to_message(), "observation": self._observation()}
+
+    def recorded_episode(self, episode: str) -> dict[str, Any]:
+        """The episode so far as a demonstration (``{"arrays", "meta"}``); needs ``reset(record=True)``."""
+        self._check(episode)
+        if self.recorder is None:
+            raise RuntimeError(f"episode {episode!r} is not recorded: reset it with record=True")
+        return self.recorder.episode()
+
+    def _stop_recording(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
 
     def record_oracle(self, seed: int, task: str | None = None, task_args: dict | None = None,
                       max_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
@@ -176,6 +204,7 @@ class VlmOracleWorker:
         if task is not None:
             self._make(task, task_args if task_args is not None else {})
         self.episode = None  # the reset below ends any episode in progress
+        self._stop_recording()
         episode = record_oracle_episode(self.env, int(seed), max_steps or self.max_steps, images=False)
         return episode["meta"]
 
@@ -183,6 +212,7 @@ class VlmOracleWorker:
         return "ok"
 
     def close(self) -> None:
+        self._stop_recording()
         if self.env is not None:
             self.env.close()
             self.env = None
@@ -225,6 +255,9 @@ class SimulatorClient:
     def record_oracle(self, **kwargs) -> dict[str, Any]:
         return self.pool.call("record_oracle", **kwargs)
 
+    def recorded_episode(self, **kwargs) -> dict[str, Any]:
+        return self.pool.call("recorded_episode", **kwargs)
+
     @property
     def restarts(self) -> int:
         return self.pool.restarts
@@ -242,6 +275,8 @@ class SimulatorClient:
 @dataclasses.dataclass
 class EpisodeRecord:
     """One VLM+Oracle episode, JSON-able (`to_json`); `frames` (when asked for) stay out of JSON.
+
+    `episode` (with ``record_episode``, successful episodes only) is the recorded demonstration.
 
     end_reason: "done" (the writer said done()), "success" (the task succeeded first),
     "step_budget", "max_queries", or "worker_error" (`error` says what happened).
@@ -272,10 +307,16 @@ class EpisodeRecord:
     total_s: float = 0.0
     error: str | None = None
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    episode: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        episode, self.episode = self.episode, None  # arrays stay out of JSON (and out of asdict's deep copy)
+        try:
+            out = dataclasses.asdict(self)
+        finally:
+            self.episode = episode
         out.pop("frames")
+        out.pop("episode")
         for key in ("vlm_s", "sim_s", "reset_s", "total_s"):
             out[key] = round(out[key], 4)
         return out
@@ -298,13 +339,15 @@ def run_episode(
     level: str | None = None,
     max_queries: int = MAX_QUERIES,
     record_frames: bool = False,
+    record_episode: bool = False,
 ) -> EpisodeRecord:
     """One VLM+Oracle episode on `sim` (see the module docstring); never raises for what the writer
     writes or for a lost worker (`end_reason` "worker_error").
 
     `writer` is a callable ``(image, prompt, memory, keystep_request=True) -> str`` or an object
     with such a `generate_code` method (`c2a_jax.infer.code_writer.CodeWriter`). `level` is the
-    code granularity the parser admits (None: both).
+    code granularity the parser admits (None: both). `record_episode`: the simulator records the
+    episode, and a successful one comes back in ``record.episode`` (`VlmOracleWorker.recorded_episode`).
     """
     from c2a_jax.sim.worker import WorkerError
 
@@ -315,6 +358,8 @@ def run_episode(
     try:
         t = time.perf_counter()
         options = {"split": split} if split is not None else {}  # stand-in simulators need not know splits
+        if record_episode:
+            options["record"] = True
         reset = sim.reset(seed=int(seed), task=task, task_args=task_args, prompt_index=prompt_index, **options)
         record.reset_s = time.perf_counter() - t
         sim_s += record.reset_s
@@ -376,6 +421,13 @@ def run_episode(
     record.success = bool(obs["success"])
     record.steps = int(obs["steps"])
     record.end_reason = end
+    if record_episode and record.success and end != "worker_error":
+        try:
+            t = time.perf_counter()
+            record.episode = sim.recorded_episode(episode=episode)
+            sim_s += time.perf_counter() - t
+        except WorkerError as e:
+            record.end_reason, record.error = "worker_error", f"recorded_episode: {e}"
     record.sim_s = sim_s
     record.total_s = time.perf_counter() - start
     return record

@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -178,6 +179,9 @@ class Executor:
         self.pose_dict: dict[str, sapien.Pose] = {}
         self.episode_done = False
         self.success_seen = False
+        # Called after every control step with (action, reward, info): an episode recorder's hook
+        # (`VlmOracleWorker` records regenerated demonstrations through it).
+        self.on_step: Callable[[np.ndarray, float, dict], None] | None = None
 
     def reset(self) -> None:
         self.pose_dict = {}
@@ -288,8 +292,10 @@ class Executor:
             if job.holds is not None and not job.solver.done and not env.agent.check_grasp(job.holds.body):
                 return "aborted", None
             action = np.asarray(job.solver.step(), dtype=np.float32)
-            _, _, _, _, info = env.step(action)
+            _, reward, _, _, info = env.step(action)
             state["steps"] += 1
+            if self.on_step is not None:
+                self.on_step(action, float(np.asarray(reward).reshape(-1)[0]), info)
             if record_frames and (state["steps"] - 1) % frame_every == 0:
                 frames.append(env.render_cameras()["base_camera"])
             if bool(np.asarray(info["success"]).reshape(-1)[0]):

@@ -42,29 +42,87 @@ def _json_trace(trace: list[dict]) -> list[dict]:
     return out
 
 
+class StepRecorder:
+    """The per-step arrays of one episode in the layout above, fed step by step; shared by the
+    oracle's recorder and the VLM+Oracle regeneration recorder (`c2a_jax.eval.vlm_oracle`), so
+    both write the same episode files. Records the observation after `env.reset` at once."""
+
+    def __init__(self, env, images: bool = True):
+        self.env, self.images = env, bool(images)
+        self.keys = [o.key for o in env.task.task_actors()]
+        self.frames: dict[str, list] = {k: [] for k in ("base_image", "hand_image", "actors", "bboxes", *OBS_KEYS)}
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.successes: list[bool] = []
+        self.observe()
+
+    def observe(self) -> None:
+        obs = self.env.observe(images=self.images)
+        for k in OBS_KEYS:
+            self.frames[k].append(obs["agent"][k])
+        self.frames["actors"].append(obs["actors"])
+        keys = self.keys
+        self.frames["bboxes"].append(
+            np.stack([obs["bboxes"][k] for k in keys]) if keys else np.zeros((0, 2, 3), np.int32)
+        )
+        if self.images:
+            self.frames["base_image"].append(obs["images"]["base_camera"])
+            self.frames["hand_image"].append(obs["images"]["hand_camera"])
+
+    def step(self, action: np.ndarray, reward: float, success: bool) -> None:
+        """One control step taken (`action`, then its reward and success flag); observes the result."""
+        self.actions.append(np.asarray(action, np.float32))
+        self.rewards.append(float(reward))
+        self.successes.append(bool(success))
+        self.observe()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.actions)
+
+    @property
+    def last_base_image(self) -> np.ndarray | None:
+        return self.frames["base_image"][-1] if self.images else None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The episode's arrays: the last observation gets a zero action and repeats the last reward
+        and success flag."""
+        actions = [*self.actions, np.zeros(7, np.float32)]
+        rewards = [*self.rewards, self.rewards[-1] if self.rewards else 0.0]
+        successes = [*self.successes, self.successes[-1] if self.successes else False]
+        out = {k: np.asarray(v) for k, v in self.frames.items() if v}
+        out["actions"] = np.asarray(actions, np.float32)
+        out["rewards"] = np.asarray(rewards, np.float32)
+        out["success"] = np.asarray(successes, bool)
+        return out
+
+
+def episode_meta(env, seed: int, labels: list, success: bool, num_steps: int, seconds: float) -> dict[str, Any]:
+    """The JSON metadata of a recorded episode (everything but the traces)."""
+    task = env.task
+    return {
+        **task.describe(),
+        "task_args": dict(env.task_args),
+        "seed": int(seed),
+        "split": env.split,
+        "image_size": env.image_size,
+        "actors": [{**a, "key": f"{a['name']}_{a['id']}"} for a in task.describe()["actors"]],
+        "labels": labels,
+        "success": bool(success),
+        "num_steps": int(num_steps),
+        "seconds": round(seconds, 3),
+    }
+
+
 def record_oracle_episode(env, seed: int, max_steps: int = 1000, images: bool = True) -> dict[str, Any]:
     """Run the task's oracle from `reset(seed)` until success or `max_steps`; return the episode."""
     start = time.time()
     env.reset(seed=seed)
-    task = env.task
-    solver = task.solver()
+    solver = env.task.solver()
     labeler = EpisodeLabeler()
-    keys = [o.key for o in task.task_actors()]
-    frames: dict[str, list] = {k: [] for k in ("base_image", "hand_image", "actors", "bboxes", *OBS_KEYS)}
-    actions, rewards, successes, labels, traces = [], [], [], [], []
-
-    def observe():
-        obs = env.observe(images=images)
-        for k in OBS_KEYS:
-            frames[k].append(obs["agent"][k])
-        frames["actors"].append(obs["actors"])
-        frames["bboxes"].append(np.stack([obs["bboxes"][k] for k in keys]) if keys else np.zeros((0, 2, 3), np.int32))
-        if images:
-            frames["base_image"].append(obs["images"]["base_camera"])
-            frames["hand_image"].append(obs["images"]["hand_camera"])
-
+    recorder = StepRecorder(env, images)
+    labels, traces = [], []
     success = False
-    observe()
     for _ in range(max_steps):
         action = np.asarray(solver.step(), dtype=np.float32)
         trace = _json_trace(solver.trace())
@@ -72,36 +130,16 @@ def record_oracle_episode(env, seed: int, max_steps: int = 1000, images: bool = 
         success = bool(info["success"][0])
         labels.append(labeler.label(trace, success_before=success))
         traces.append(trace)
-        actions.append(action)
-        rewards.append(float(reward[0]))
-        successes.append(success)
-        observe()
+        recorder.step(action, float(reward[0]), success)
         if success:
             break
     final = labeler.label([], success_before=True) if success else labels[-1] if labels else None
     labels.append(final)
     traces.append([])
-    actions.append(np.zeros(7, np.float32))
-    rewards.append(rewards[-1] if rewards else 0.0)
-    successes.append(success)
-    arrays = {k: np.asarray(v) for k, v in frames.items() if v}
-    arrays["actions"] = np.asarray(actions, np.float32)
-    arrays["rewards"] = np.asarray(rewards, np.float32)
-    arrays["success"] = np.asarray(successes, bool)
-    meta = {
-        **task.describe(),
-        "task_args": dict(env.task_args),
-        "seed": int(seed),
-        "split": env.split,
-        "image_size": env.image_size,
-        "actors": [{**a, "key": f"{a['name']}_{a['id']}"} for a in task.describe()["actors"]],
-        "labels": [vars(label) if label is not None else None for label in labels],
-        "traces": traces,
-        "success": success,
-        "num_steps": len(actions) - 1,
-        "seconds": round(time.time() - start, 3),
-    }
-    return {"arrays": arrays, "meta": meta}
+    stored = [vars(label) if label is not None else None for label in labels]
+    meta = episode_meta(env, seed, stored, success, recorder.num_steps, time.time() - start)
+    meta["traces"] = traces
+    return {"arrays": recorder.arrays(), "meta": meta}
 
 
 class OracleWorker:

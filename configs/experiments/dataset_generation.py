@@ -15,18 +15,23 @@ configs/experiments/chunk_regeneration.py (shared: done once for both), and
 * train_dp ``dp_hier_PPP_oracle`` (instruction_source oracle), ``dp_hier_PPP_shifted``
   (instruction_source shifted, shift_k K, redrawn every time an episode is read) and ``dp_hier_PPP``
   (instruction_source vlm_file: the VLM's relabelling, the paper's choice);
+* regenerate ``PPP_vlm_oracle``: a new dataset of Pick, PlaceNextTo and PlaceOnTop (as many episodes
+  per task as PPP, on PPP's seeds from 1000), recorded by running VLM+Oracle (vlm_PPP's key-steps
+  executed by the oracle solvers, `data_pipelines/regenerate_with_vlm_oracle.py`) and keeping the
+  successful episodes with their observations, actions and the VLM's code as per-step labels; built
+  with build_rlds.py into ``rlds/PPP_vlm_oracle``; train_dp ``dp_hier_PPP_regen`` on it with
+  instruction_source oracle (the labels stored in the episodes, which are the VLM's);
 * eval (VLM+DP, seeds 0-63) of each on PlaceNextTo and PlaceOnTop (the tasks the paper discusses),
-  dataset labels "oracle", "shifted", "VLM-relabelled"; the report.
-* MISSING: the fourth strategy, a dataset recorded by running VLM+Oracle (the VLM's key-steps executed
-  by the oracle solvers) and keeping its successful episodes with their observations, actions and the
-  VLM's code. evaluate.py's vlm_oracle mode runs such episodes but records only results and optional
-  video frames, not episode files; the plan prints the step as a comment and skips it.
+  dataset labels "oracle", "shifted", "VLM-relabelled", "VLM+Oracle-regenerated"; the report.
 
 Sequence (`--print-commands` for every path): generate_demos.py x 3; view + build_rlds.py (PPP);
-train_vlm.py; relabel_with_vlm.py; train_dp.py x 3; evaluate.py:vlm_dp x 3; report.
+train_vlm.py; regenerate_with_vlm_oracle.py x 3 + build_rlds.py (PPP_vlm_oracle); relabel_with_vlm.py;
+train_dp.py x 4; evaluate.py:vlm_dp x 4; report.
 
-Compute (estimates): beyond chunk_regeneration.py's shared work, two DPs (8x V100, ~31 h each,
-Appendix F by dataset size) and 3 x 128 evaluation episodes.
+Compute (estimates): beyond chunk_regeneration.py's shared work, three DPs (8x V100, ~31 h each,
+Appendix F by dataset size), the regenerated dataset (the PPP demos' ~26 CPU core-hours divided by
+the VLM+Oracle success rate, plus a VLM query per API call: the paper's "more costly") and 4 x 128
+evaluation episodes.
 """
 
 import os
@@ -39,17 +44,14 @@ TASKS = ("PlaceNextTo", "PlaceOnTop")
 
 def get_config(arg=None):
     args = parse_arg(arg, scale="paper", shift_k=5)
-    plan = chunk.build(Plan("dataset_generation", args["scale"], description="oracle / shifted / VLM-relabelled code"))
+    plan = chunk.build(Plan("dataset_generation", args["scale"],
+                            description="oracle / shifted / VLM-relabelled / VLM+Oracle-regenerated code"))  # fmt: skip
     plan.train_dp("dp_hier_PPP_oracle", "PPP", "hierarchical", instruction_source="oracle")
     plan.train_dp("dp_hier_PPP_shifted", "PPP", "hierarchical", instruction_source="shifted", shift_k=args["shift_k"])
+    plan.regenerate("PPP_vlm_oracle", "vlm_PPP", chunk.TASKS, episodes=2000)
+    plan.train_dp("dp_hier_PPP_regen", "PPP_vlm_oracle", "hierarchical", instruction_source="oracle")
     for name, dp, label in (("oracle", "dp_hier_PPP_oracle", "oracle"), ("shifted", "dp_hier_PPP_shifted", "shifted"),
-                            ("vlm_relabelled", "dp_hier_PPP", "VLM-relabelled")):  # fmt: skip
+                            ("vlm_relabelled", "dp_hier_PPP", "VLM-relabelled"),
+                            ("vlm_oracle_regenerated", "dp_hier_PPP_regen", "VLM+Oracle-regenerated")):  # fmt: skip
         plan.evaluate(name, "vlm_dp", TASKS, dataset_label=label, vlm="vlm_PPP", dp=dp)
-    plan.missing_step(
-        "demos", "vlm_oracle_regenerated",
-        "record a new PPP dataset with the VLM+Oracle policy (vlm_PPP's key-steps run by the oracle solvers; "
-        "successful episodes kept with observations, actions and the VLM's code), then build it, train a DP "
-        "on it (instruction_source oracle: its labels are the VLM's) and evaluate it like the others. Needs an "
-        "episode recorder in c2a_jax.eval.vlm_oracle (the VlmOracleWorker records results, not episode files).",
-    )  # fmt: skip
     return plan.to_config()
