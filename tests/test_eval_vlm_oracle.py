@@ -204,3 +204,40 @@ def test_loop_ends_on_success_budget_query_limit_and_lost_worker():
     assert (record.end_reason, record.queries, record.parse_errors) == ("max_queries", 7, 7)
     record = run_episode(FakeSim(crash_on="boom"), MemoryWriter([touch, "touch(actor=get_actor('boom'))"]), 0)
     assert record.end_reason == "worker_error" and "SIGKILL" in record.error and record.actions == 1
+
+
+class SamplingWriter(MemoryWriter):
+    """A `MemoryWriter` that also keeps the sampling options of each query."""
+
+    def __init__(self, lines):
+        super().__init__(lines)
+        self.options = []
+
+    def generate_code(self, image, prompt, memory, keystep_request=False, **options):
+        self.options.append(options)
+        return super().generate_code(image, prompt, memory, keystep_request)
+
+
+def test_queries_after_a_line_that_did_not_run_are_sampled_with_a_seed_per_query():
+    touch = "touch(actor=get_actor('red cube'))"
+    ghost = "touch(actor=get_actor('ghost'))"
+    lines = [ghost, ghost, "import os", touch, ghost, touch, "done()"]
+    writer = SamplingWriter(lines)
+    record = run_episode(FakeSim(), writer, 11, refusal_temperature=0.7)
+    sampled = [bool(o) for o in writer.options]
+    assert sampled == [False, True, True, True, False, True, False]  # after invalid / parse error only
+    assert all(o["temperature"] == 0.7 for o in writer.options if o)
+    seeds = [o["seed"] for o in writer.options if o]
+    assert len(set(seeds)) == len(seeds)  # a new draw at every query
+    assert record.resampled == 4 and [c.get("sampled", False) for c in record.calls] == sampled
+    again = SamplingWriter(lines)
+    run_episode(FakeSim(), again, 11, refusal_temperature=0.7)
+    assert again.options == writer.options  # a rerun of the seed draws the same way
+    other = SamplingWriter(lines)
+    run_episode(FakeSim(), other, 12, refusal_temperature=0.7)
+    assert [o["seed"] for o in other.options if o] != seeds
+    # greedy (the paper's decoding): a writer without sampling options is never asked for them
+    record = run_episode(FakeSim(), MemoryWriter(lines), 11)
+    assert record.resampled == 0 and record.invalid_calls == 3
+    with pytest.raises(ValueError, match="refusal_temperature"):
+        run_episode(FakeSim(), MemoryWriter(lines), 11, refusal_temperature=-1.0)

@@ -1,6 +1,7 @@
 """VLM decoding: KV-cache greedy decoding equals uncached decoding on a tiny random LLaVA; the
 paper's early stop, stop tokens and token limits on a scripted model whose outputs we choose;
-the memory buffer is updated by key-steps only."""
+sampled rows follow the tempered softmax (numpy's) and reproduce per seed; the memory buffer is
+updated by key-steps only."""
 
 from __future__ import annotations
 
@@ -150,3 +151,64 @@ def test_session_memory_takes_keysteps_only(tok, monkeypatch):
         session.step(image)
     assert session.memory.entries == [PICK, MOVE]
     assert session.cache_info == "pose_dict = {}"
+
+
+class FixedLogits(nnx.Module):
+    """Every position's next-token logits are the same row we choose (sampling's reference)."""
+
+    def __init__(self, logits: np.ndarray):
+        self.table = nnx.Variable(jnp.asarray(logits, jnp.float32))
+
+    def init_cache(self, batch_size: int, max_len: int) -> jax.Array:
+        return jnp.zeros((batch_size,), jnp.int32)
+
+
+def fixed_forward(model, tokens, images, mask, cache):
+    return jnp.broadcast_to(model.table[...], (*tokens.shape, model.table.shape[-1])), cache + 1
+
+
+def fixed_step(model, token, cache):
+    return jnp.broadcast_to(model.table[...], (token.shape[0], model.table.shape[-1])), cache + 1
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sampled_rows_follow_the_tempered_softmax_and_greedy_rows_stay_greedy(tok, temperature):
+    vocab = tok.vocab_size
+    logits = np.full(vocab, -30.0, np.float32)
+    favourites = np.array([3, 17, 40, 41, 99]) % vocab
+    logits[favourites] = [2.0, 1.5, 1.0, 0.2, -0.5]
+    graphdef, state = nnx.split(FixedLogits(logits))
+    stop, chars = decode.token_tables(tok, False)
+    stop[:] = 0  # no token ends a row: the first token is the sample we look at
+    n = 4000
+    temps = np.full(n, temperature, np.float32)
+    temps[:100] = 0.0  # greedy rows in the same batch
+    run = dict(forward=fixed_forward, step=fixed_step, stop_table=stop, char_table=chars, max_new_tokens=3,
+               pad_id=tok.pad_id)  # fmt: skip
+    result = decode.generate(graphdef, state, np.zeros((n, 4), np.int32), temperature=temps, seeds=np.arange(n), **run)
+    first = result.tokens[:, 0]
+    assert (first[:100] == favourites[0]).all()
+    counts = np.bincount(first[100:], minlength=vocab)[favourites] / (n - 100)
+    scaled = logits[favourites] / temperature
+    expected = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()  # the rest has ~0 mass
+    np.testing.assert_allclose(counts, expected, atol=0.03)
+    assert (result.tokens[100:, 1] != first[100:]).any()  # every step draws anew
+    again = decode.generate(graphdef, state, np.zeros((n, 4), np.int32), temperature=temps, seeds=np.arange(n), **run)
+    np.testing.assert_array_equal(again.tokens, result.tokens)  # same seeds, same tokens
+    other = decode.generate(graphdef, state, np.zeros((n, 4), np.int32), temperature=temps, seeds=np.arange(n) + n,
+                            **run)  # fmt: skip
+    assert (other.tokens[100:] != result.tokens[100:]).any()
+    with pytest.raises(ValueError, match="temperature"):
+        decode.generate(graphdef, state, np.zeros((2, 4), np.int32), temperature=-1.0, **run)
+
+
+def test_code_writer_samples_reproducibly_and_decodes_greedily_at_zero_temperature(tok):
+    writer = code_writer.CodeWriter(tiny_llava(tok), tok, max_new_tokens=8)
+    image = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    greedy = writer.generate_code(image, "Pick up the red cube", [PICK], True)
+    greedy_tokens = writer.last_result.tokens.copy()
+    assert writer.generate_code(image, "Pick up the red cube", [PICK], True, temperature=0.0, seed=9) == greedy
+    np.testing.assert_array_equal(writer.last_result.tokens, greedy_tokens)
+    hot = [writer.generate_code(image, "Pick up the red cube", [PICK], True, temperature=3.0, seed=s) for s in range(4)]
+    assert len(set(hot)) > 1 and any(h != greedy for h in hot)
+    assert writer.generate_code(image, "Pick up the red cube", [PICK], True, temperature=3.0, seed=2) == hot[2]

@@ -16,8 +16,9 @@ Modes (paper sections 4.2, 4.3, 5.1):
 Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or registry names),
 num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint, dataset (a label
 for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
-videos_per_task, max_steps, max_queries, n_action_steps (0: the DP's own), image_size (only
-where no checkpoint fixes it). The simulator renders at the larger of the two models' image sizes
+videos_per_task, max_steps, max_queries, refusal_temperature (VLM+Oracle: 0 is the paper's
+greedy decoding; above 0, a query after a refused line is sampled, `c2a_jax.eval.vlm_oracle`),
+n_action_steps (0: the DP's own), image_size (only where no checkpoint fixes it). The simulator renders at the larger of the two models' image sizes
 and each model resizes to its own (`c2a_jax.infer.resize`).
 
 `evaluate(config, code_writer_for=...)` answers the VLM's queries with a stand-in instead:
@@ -156,7 +157,8 @@ def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = Non
         def episode_fn(sim, job):
             record = run_episode(sim, episode_writer(job), job["seed"], task=job["registry"],
                                  task_args=job["task_args"], max_queries=int(config_value(config, "max_queries", 25)),
-                                 record_frames=job["seed"] in video_seeds)  # fmt: skip
+                                 record_frames=job["seed"] in video_seeds,
+                                 refusal_temperature=float(config_value(config, "refusal_temperature", 0.0)))  # fmt: skip
             if record.frames:
                 actions = [c["code"] for c in record.calls if c.get("status") == "action"]
                 frames = [f for chunk in record.frames for f in chunk]

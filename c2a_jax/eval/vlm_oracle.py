@@ -29,7 +29,10 @@ replay stand-in and the oracle baseline need it).
 `run_episode` is the parent's loop: reset, then per query observe -> ask the writer ->
 `codeapi.parse_step` (a parse error is a failed query; nothing is sent to the simulator) ->
 execute -> the memory buffer takes the line if it ran (key-steps only, as `MemoryBuffer`) -> until
-``done()``, task success, the step budget or `max_queries`. `sim` is anything with the methods
+``done()``, task success, the step budget or `max_queries`. Decoding is greedy, as in the paper;
+with ``refusal_temperature`` > 0 a query that follows a line that did not run (a parse error, a
+commented line, a call the executor refused) is sampled at that temperature instead, because greedy
+decoding from the same image and memory writes the refused line again until `max_queries`. `sim` is anything with the methods
 above: a `SimulatorClient` (the worker process) or a `VlmOracleWorker` in this process.
 """
 
@@ -297,6 +300,7 @@ class EpisodeRecord:
     queries: int = 0
     parse_errors: int = 0
     invalid_calls: int = 0
+    resampled: int = 0  # queries sampled after a line that did not run (``refusal_temperature``)
     commented: int = 0
     actions: int = 0
     code: list[str] = dataclasses.field(default_factory=list)
@@ -327,6 +331,11 @@ def _text(code: Any) -> str:
     return text if len(text) <= CODE_RECORD_CHARS else text[:CODE_RECORD_CHARS] + "...<truncated>"
 
 
+def _sample_seed(seed: int, query: int) -> int:
+    """A uint32 sampling seed per (episode seed, query): reruns and resumed runs write the same lines."""
+    return (int(seed) * 1_000_003 + int(query)) % (1 << 32)
+
+
 def run_episode(
     sim,
     writer: CodeWriterFn | Any,
@@ -340,6 +349,7 @@ def run_episode(
     max_queries: int = MAX_QUERIES,
     record_frames: bool = False,
     record_episode: bool = False,
+    refusal_temperature: float = 0.0,
 ) -> EpisodeRecord:
     """One VLM+Oracle episode on `sim` (see the module docstring); never raises for what the writer
     writes or for a lost worker (`end_reason` "worker_error").
@@ -348,8 +358,14 @@ def run_episode(
     with such a `generate_code` method (`c2a_jax.infer.code_writer.CodeWriter`). `level` is the
     code granularity the parser admits (None: both). `record_episode`: the simulator records the
     episode, and a successful one comes back in ``record.episode`` (`VlmOracleWorker.recorded_episode`).
+    `refusal_temperature` > 0: after a line that did not run, the next query is sampled at that
+    temperature with a seed fixed by (`seed`, query), so a rerun writes the same lines; the writer
+    must then take ``temperature`` and ``seed`` keywords (`CodeWriter.generate_code` does).
     """
     from c2a_jax.sim.worker import WorkerError
+
+    if not np.isfinite(refusal_temperature) or refusal_temperature < 0:
+        raise ValueError(f"refusal_temperature must be finite and >= 0, got {refusal_temperature}")
 
     generate = getattr(writer, "generate_code", writer)
     start = time.perf_counter()
@@ -376,13 +392,18 @@ def run_episode(
         if record.queries >= max_queries:
             end = "max_queries"
             break
+        resample = refusal_temperature > 0 and bool(record.calls) and not record.calls[-1].get("ran", False)
+        options = {"temperature": refusal_temperature, "seed": _sample_seed(seed, record.queries)} if resample else {}
         t = time.perf_counter()
-        code = generate(obs["image"], record.prompt, list(memory.entries), keystep_request=True)
+        code = generate(obs["image"], record.prompt, list(memory.entries), keystep_request=True, **options)
         record.vlm_s += time.perf_counter() - t
         record.queries += 1
+        record.resampled += resample
         text = _text(code)
         record.code.append(text)
         entry: dict[str, Any] = {"query": record.queries - 1, "code": text}
+        if resample:
+            entry["sampled"] = True
         record.calls.append(entry)
         try:
             _, is_keystep = parse_step(code, level)
@@ -407,6 +428,7 @@ def run_episode(
         entry.update(status=result["kind"], error=result["error"], steps=result["steps"], outcome=result["outcome"])
         if record_frames and result.get("frames") is not None:
             record.frames.append(result["frames"])
+        entry["ran"] = bool(result["ok"])
         if result["ok"]:
             memory.update(code)
             record.actions += result["kind"] == "action"

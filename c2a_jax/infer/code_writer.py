@@ -105,9 +105,12 @@ class CodeWriter:
         prompts: Sequence[str],
         memories: Sequence[Sequence[str]],
         keystep_requests: Sequence[bool] | None = None,
+        temperature: float | Sequence[float] = 0.0,
+        seeds: int | Sequence[int] | None = None,
     ) -> list[str]:
         """One code answer per row: `images` uint8 (B, H, W, 3) (resized to the model's size as training
-        resized them), a prompt and a memory per row."""
+        resized them), a prompt and a memory per row. Greedy (the paper's decoding) unless a row's
+        `temperature` is above 0: that row samples, reproducibly for its `seeds` entry."""
         images = resize_images(images, self.config.vision.image_size)
         requests = list(keystep_requests) if keystep_requests is not None else [False] * len(prompts)
         tokens, real = self._prompts(prompts, memories, requests)
@@ -118,7 +121,7 @@ class CodeWriter:
             self.graphdef, self.state, tokens, forward=llava_prompt_forward, step=llava_decode_step,
             images=jnp.asarray(images, jnp.uint8), mask=jnp.asarray(mask), stop_table=self.stop_table,
             char_table=self.char_table, max_new_tokens=self.max_new_tokens, pad_id=self.tok.pad_id, target=target,
-            target_chars=target_chars, early_k=self.early_stop_k,
+            target_chars=target_chars, early_k=self.early_stop_k, temperature=temperature, seeds=seeds,
         )  # fmt: skip
         self.last_result = result
         out = []
@@ -135,10 +138,18 @@ class CodeWriter:
         return out
 
     def generate_code(
-        self, image: np.ndarray, prompt: str, memory: Sequence[str], keystep_request: bool = False
+        self,
+        image: np.ndarray,
+        prompt: str,
+        memory: Sequence[str],
+        keystep_request: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
     ) -> str:
-        """The code for one image (H, W, 3) uint8, task prompt and memory of past key-steps."""
-        return self.generate_batch(np.asarray(image)[None], [prompt], [list(memory)], [keystep_request])[0]
+        """The code for one image (H, W, 3) uint8, task prompt and memory of past key-steps (sampled
+        with `seed` when `temperature` > 0)."""
+        batch = np.asarray(image)[None], [prompt], [list(memory)], [keystep_request]
+        return self.generate_batch(*batch, temperature=temperature, seeds=[seed])[0]
 
     def session(self, prompt: str) -> CodeWriterSession:
         return CodeWriterSession(self, prompt)

@@ -8,6 +8,10 @@ commented last key-step (``# <line>``) and matched it token for token, the answe
 and decoding ends (`c2a_jax.codeapi.keysteps.early_stop` is the same rule on text). The loop
 exits when every row is done.
 
+Greedy is the paper's decoding. A row may instead *sample* at its own temperature with its own seed
+(`temperature`, `seeds`): VLM+Oracle resamples after the executor refused a line, because greedy
+decoding from an unchanged memory writes the refused line again (`c2a_jax.eval.vlm_oracle`).
+
 `generate` takes the model as NNX (graphdef, state) and a `forward`: ``forward(model, tokens,
 images, mask, cache) -> (logits, cache)`` for the prompt and ``step(model, tokens, cache)`` for
 one token, so the same loop serves LLaVA and a bare Phi-3.
@@ -64,9 +68,18 @@ def _loop(
     early_k: jax.Array,
     max_new_tokens: int,
     pad_id: int,
+    temperature: jax.Array,
+    keys: jax.Array,
 ):
     b = logits.shape[0]
     lt = target.shape[1]
+
+    def sample(i, logits):
+        def row(key, row_logits, t):
+            return jax.random.categorical(jax.random.fold_in(key, i), row_logits / jnp.maximum(t, 1e-6))
+
+        drawn = jax.vmap(row)(keys, logits.astype(jnp.float32), temperature)
+        return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
 
     def cond(carry):
         i, done = carry[0], carry[3]
@@ -74,7 +87,8 @@ def _loop(
 
     def body(carry):
         i, tokens, lengths, done, early, match, chars, logits, cache = carry
-        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        tok = jax.lax.cond(jnp.any(temperature > 0), sample, lambda _, lg: jnp.argmax(lg, axis=-1), i, logits)
+        tok = tok.astype(jnp.int32)
         active = ~done
         tokens = tokens.at[:, i].set(jnp.where(active, tok, pad_id))
         expected = jnp.take_along_axis(target, jnp.minimum(i, lt - 1)[None, None].repeat(b, 0), axis=1)[:, 0]
@@ -116,6 +130,8 @@ def _generate(
     target,
     target_chars,
     early_k,
+    temperature,
+    seeds,
     *,
     forward,
     step,
@@ -126,8 +142,9 @@ def _generate(
     model = nnx.merge(graphdef, state)
     cache = model_cache(model, tokens.shape[0], cache_len)
     logits, cache = forward(model, tokens, images, mask, cache)
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
     return _loop(step, model, cache, logits[:, -1], stop_table, char_table, target, target_chars, early_k,
-                 max_new_tokens, pad_id)  # fmt: skip
+                 max_new_tokens, pad_id, temperature, keys)  # fmt: skip
 
 
 def model_cache(model, batch: int, max_len: int):
@@ -152,14 +169,21 @@ def generate(
     target: np.ndarray | None = None,
     target_chars: np.ndarray | None = None,
     early_k: int = 0,
+    temperature: Any = 0.0,
+    seeds: Any = None,
 ) -> DecodeResult:
-    """Greedy-decode up to `max_new_tokens` after the left-padded prompts `tokens` (B, T).
+    """Greedy-decode (or sample, per row) up to `max_new_tokens` after the left-padded prompts `tokens` (B, T).
 
     `stop_table` and `char_table` come from `token_tables`. `mask` is what `forward` needs for the prompt (a (B, T) padding mask or a (B, T, T + max_new)
     mask over cache slots). `target` (B, Lt) holds each row's tokenised commented last key-step
     and `target_chars` its length in characters (0: no early stop for that row); `early_k` is the
-    paper's k (0 disables it)."""
+    paper's k (0 disables it). `temperature` (scalar or (B,)): 0 for greedy, else that row samples
+    with its `seeds` entry (uint32, (B,); default 0), the same tokens for the same seed."""
     b, t = tokens.shape
+    temperature = np.broadcast_to(np.asarray(temperature, np.float32), (b,))
+    if not np.all(np.isfinite(temperature)) or np.any(temperature < 0):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    seeds = np.zeros((b,), np.uint32) if seeds is None else np.broadcast_to(np.asarray(seeds, np.uint32), (b,))
     if target is None:
         target = np.zeros((b, 1), np.int32)
         target_chars = np.zeros((b,), np.int32)
@@ -168,7 +192,7 @@ def generate(
     steps, out, lengths, early = _generate(
         graphdef, state, jnp.asarray(tokens, jnp.int32), images, mask, jnp.asarray(stop_table),
         jnp.asarray(char_table), jnp.asarray(target, jnp.int32), jnp.asarray(target_chars, jnp.int32),
-        jnp.asarray(early_k, jnp.int32), forward=forward, step=step, max_new_tokens=max_new_tokens, pad_id=pad_id,
-        cache_len=t + max_new_tokens,
+        jnp.asarray(early_k, jnp.int32), jnp.asarray(temperature), jnp.asarray(seeds), forward=forward, step=step,
+        max_new_tokens=max_new_tokens, pad_id=pad_id, cache_len=t + max_new_tokens,
     )  # fmt: skip
     return DecodeResult(np.asarray(out), np.asarray(lengths), np.asarray(early), int(steps))

@@ -37,6 +37,9 @@ def get_config(arg=None):
     c.dataset = ""  # a label for the report: the DP's training set (L0, L1, L0+L1)
     c.max_steps = 0  # control steps per episode (0: the environment's limit, 1000)
     c.max_queries = 25  # VLM+Oracle: API calls per episode
+    # VLM+Oracle: 0 decodes greedily (the paper); > 0 samples the query after a line that did not run
+    # (refused, unparsable) at this temperature, since greedy would write the same line again.
+    c.refusal_temperature = 0.0
     c.n_action_steps = 0  # actions executed per chunk (0: the DP's own data.n_action_steps)
     c.image_size = 0  # camera size where no checkpoint fixes it (a stand-in code writer); else the checkpoints'
     return c
