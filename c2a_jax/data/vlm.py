@@ -33,6 +33,7 @@ import numpy as np
 from c2a_jax.data.grid import MISSING, sample_grid_questions
 from c2a_jax.data.iterators import batched, shuffle_buffer
 from c2a_jax.data.labels import episode_labels, shift_labels
+from c2a_jax.data.rename import rename_map, substitute, train_pool
 from c2a_jax.data.tokenizer import TextTokenizer
 
 KEYSTEP_REQUEST = "Please give a keystep reply"
@@ -91,6 +92,7 @@ class VlmExampleConfig:
     grid_question_fraction: float = 0.25
     shift_k: int = 0  # paper 5.2: shift subtask boundaries by up to k steps (0 = off)
     steps_per_episode: int | None = None  # None: every step once; else a random subset of this size
+    rename_objects_fraction: float = 0.0  # share of code examples with object names swapped (`rename`)
 
 
 def episode_examples(
@@ -105,7 +107,10 @@ def episode_examples(
     the call that starts there, as in ClevrSkills' conversation points (spec 6.2). Asked in the
     middle of a call, the request would have two answers for one memory (the running call, or the
     next one once the image shows it finished), and VLM+Oracle, which asks right after a call
-    finished, would learn to repeat the call it just ran."""
+    finished, would learn to repeat the call it just ran.
+
+    With ``rename_objects_fraction`` > 0, that share of code examples has the episode's object
+    names swapped in the prompt, memory and answer (`c2a_jax.data.rename`; not in the paper)."""
     labels = episode_labels(episode, config.level)
     if config.shift_k:
         labels = shift_labels(labels, config.shift_k, rng)
@@ -131,7 +136,12 @@ def episode_examples(
         answer = label.instruction if request else label.code
         prompt = prompts[int(rng.integers(len(prompts)))]
         kind = "keystep" if request else "code"
-        out.append(VlmExample(image, answer, kind, prompt=prompt, memory=label.memory, source=source))
+        memory = label.memory
+        if config.rename_objects_fraction and rng.random() < config.rename_objects_fraction:
+            mapping = rename_map(episode.get("actor_names") or [], train_pool(), rng)
+            prompt, answer = substitute(prompt, mapping), substitute(answer, mapping)
+            memory = tuple(substitute(m, mapping) for m in memory)
+        out.append(VlmExample(image, answer, kind, prompt=prompt, memory=memory, source=source))
     return out
 
 

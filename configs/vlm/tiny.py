@@ -34,6 +34,9 @@ def get_config(arg=None):
     c.data.keystep_request_fraction = 0.5  # share of examples asking "Please give a keystep reply"
     c.data.grid_question_fraction = 0.25  # share of bounding-box grid questions (auxiliary loss)
     c.data.shift_k = 0  # paper 5.2: shift subtask boundaries by up to k steps
+    # share of code examples with the scene's object names swapped in prompt, memory and answer
+    # (c2a_jax/data/rename.py; not in the paper: it teaches a small model to copy names)
+    c.data.rename_objects_fraction = 0.0
     c.data.tokenizer = "c2a-tiny"  # or a local Hugging Face tokenizer directory (Phi-3's)
     c.data.template = "plain"  # chat template: 'plain' or 'phi3' (c2a_jax.data.vlm.TEMPLATES)
     c.data.max_length = 256  # tokens per row, image tokens included
