@@ -104,6 +104,7 @@ def stages(config: Any) -> list[Stage]:
             command.append(f"--config.dataset={levels}")
         if mode == "vlm_oracle":
             command.append(f"--config.max_queries={int(config.eval.max_queries)}")
+            command.append(f"--config.refusal_temperature={float(config.eval.get('refusal_temperature', 0.0))}")
         out.append(Stage(f"eval_{mode}", command, f"evaluation: {mode}", [f"{work}/eval_{mode}"]))
     return out
 
@@ -222,6 +223,17 @@ def oracle_ratio(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _decoding(config: Any) -> str:
+    """How the demo's VLM+Oracle decodes, in words for the report."""
+    temperature = float(config.eval.get("refusal_temperature", 0.0))
+    rename = float(config.vlm.get("data", {}).get("rename_objects_fraction", 0.0))
+    text = (f"Decoding: greedy, and sampled at temperature {temperature:g} after a refused line."
+            if temperature > 0 else "Decoding: greedy (the paper's).")  # fmt: skip
+    if rename > 0:
+        text += f" VLM trained with {100 * rename:.0f}% of code examples' object names swapped (not in the paper)."
+    return text
+
+
 def wall_time(timings: Mapping[str, float], groups: Mapping[str, str]) -> float:
     """The demo's wall time: stages one after the other, a side-by-side group as its longest stage."""
     longest: dict[str, float] = {}
@@ -261,7 +273,8 @@ def write_demo_report(config: Any, timings: Mapping[str, float], groups: Mapping
         "",
         f"**VLM+Oracle / oracle success: {ratio['vlm_oracle_successes']}/{ratio['oracle_successes']}"
         + (f" = {100 * ratio['ratio']:.1f}%**" if ratio["ratio"] is not None else "**")
-        + " (goal: 90% or more).",
+        + " (goal: 90% or more). "
+        + _decoding(config),
         "",
         "| stage | wall time |",
         "|---|---|",

@@ -52,6 +52,9 @@ def get_config(arg=None):
     c.vlm.data = ml_collections.ConfigDict()
     c.vlm.data.images_per_row = 4  # packing: 2x the real tokens per second of padding (README)
     c.vlm.data.max_length = 256
+    # Half the code examples with the scene's object names swapped (c2a_jax/data/rename.py; not in
+    # the paper): the tiny VLM otherwise learns name shortcuts from a few dozen scenes (README, Results).
+    c.vlm.data.rename_objects_fraction = 0.5
     c.vlm.eval = ml_collections.ConfigDict()
     c.vlm.eval.examples = 32
 
@@ -75,4 +78,7 @@ def get_config(arg=None):
     c.eval.max_steps = 100  # control steps per learned-policy episode (the oracle needs 12-35 on PlaceNextTo,
     # 17-153 on Topple; a policy episode renders both cameras every step, the demo's largest cost)
     c.eval.max_queries = 12  # VLM+Oracle: API calls per episode
+    # VLM+Oracle: sample (at this temperature) the query after a refused line, where greedy would write
+    # it again; 0 is the paper's greedy decoding. The README has both.
+    c.eval.refusal_temperature = 1.0
     return c

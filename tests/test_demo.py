@@ -42,6 +42,10 @@ def test_every_stage_command_names_existing_files_and_valid_config_keys(tmp_path
                 apply_override(target, key, raw)  # raises ConfigError for a key the config lacks
         if stage.name == "vlm":
             assert target.train.steps == config.vlm.train.steps and target.data.image_size == config.image_size
+            assert target.data.rename_objects_fraction == config.vlm.data.rename_objects_fraction
+        if stage.name == "eval_vlm_oracle":
+            assert target.refusal_temperature == config.eval.refusal_temperature
+            assert target.max_queries == config.eval.max_queries
         if stage.name == "eval_vlm_dp":
             assert target.dp_checkpoint.endswith("/dp") and target.vlm_checkpoint.endswith("/vlm")
             assert tuple(target.tasks) == tuple(config.tasks) and target.first_seed == config.eval_first_seed
@@ -115,6 +119,7 @@ def test_the_demo_resumes_skips_finished_stages_and_names_a_failing_one(tmp_path
     assert summary["oracle_ratio"]["ratio"] == 0.75
     text = open(os.path.join(work, "report.md"), encoding="utf-8").read()
     assert "VLM+Oracle / oracle success: 3/4 = 75.0%" in text
+    assert "sampled at temperature 1 after a refused line" in text and "50% of code examples" in text
     assert "| second |" in text and "Oracle (scripted solver)" in text and "Task Prompt Only (DP)" in text
     assert os.path.isfile(os.path.join(work, "success.png"))
 
