@@ -28,7 +28,7 @@ def rename_map(names: Sequence[str], pool: Sequence[str], rng: np.random.Generat
     """An injective map of the pool names among `names` to pool names, drawn uniformly; names that
     are not in the pool are not renamed (and, not being pool names, are never a new name)."""
     choices = sorted(set(pool))
-    renamed = sorted({n for n in names if n in set(choices)})
+    renamed = sorted(set(names) & set(choices))
     drawn = rng.choice(len(choices), size=len(renamed), replace=False)
     return {old: choices[int(i)] for old, i in zip(renamed, drawn, strict=True)}
 

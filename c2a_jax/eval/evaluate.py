@@ -18,8 +18,9 @@ num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint,
 for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
 videos_per_task, max_steps, max_queries, refusal_temperature (VLM+Oracle: 0 is the paper's
 greedy decoding; above 0, a query after a refused line is sampled, `c2a_jax.eval.vlm_oracle`),
-n_action_steps (0: the DP's own), image_size (only where no checkpoint fixes it). The simulator renders at the larger of the two models' image sizes
-and each model resizes to its own (`c2a_jax.infer.resize`).
+n_action_steps (0: the DP's own), image_size (only where no checkpoint fixes it). The simulator
+renders at the larger of the two models' image sizes and each model resizes to its own
+(`c2a_jax.infer.resize`).
 
 `evaluate(config, code_writer_for=...)` answers the VLM's queries with a stand-in instead:
 ``code_writer_for(job)`` gives each episode its own writer ``(image, prompt, memory,

@@ -31,9 +31,10 @@ replay stand-in and the oracle baseline need it).
 execute -> the memory buffer takes the line if it ran (key-steps only, as `MemoryBuffer`) -> until
 ``done()``, task success, the step budget or `max_queries`. Decoding is greedy, as in the paper;
 with ``refusal_temperature`` > 0 a query that follows a line that did not run (a parse error, a
-commented line, a call the executor refused) is sampled at that temperature instead, because greedy
-decoding from the same image and memory writes the refused line again until `max_queries`. `sim` is anything with the methods
-above: a `SimulatorClient` (the worker process) or a `VlmOracleWorker` in this process.
+commented line, a call the executor refused) is sampled at that temperature instead, because
+greedy decoding from the same image and memory writes the refused line again until
+`max_queries`. `sim` is anything with the methods above: a `SimulatorClient` (the worker
+process) or a `VlmOracleWorker` in this process.
 """
 
 from __future__ import annotations
@@ -388,11 +389,12 @@ def run_episode(
     episode, obs = reset["episode"], reset["observation"]
     memory = MemoryBuffer()
     end = "success" if obs["success"] else ""
+    last_ran = True  # the previous line ran (nothing to resample before the first query)
     while not end:
         if record.queries >= max_queries:
             end = "max_queries"
             break
-        resample = refusal_temperature > 0 and bool(record.calls) and not record.calls[-1].get("ran", False)
+        resample = refusal_temperature > 0 and not last_ran
         options = {"temperature": refusal_temperature, "seed": _sample_seed(seed, record.queries)} if resample else {}
         t = time.perf_counter()
         code = generate(obs["image"], record.prompt, list(memory.entries), keystep_request=True, **options)
@@ -405,6 +407,7 @@ def run_episode(
         if resample:
             entry["sampled"] = True
         record.calls.append(entry)
+        last_ran = False  # until the simulator says the line ran
         try:
             _, is_keystep = parse_step(code, level)
         except CodeParseError as e:
@@ -428,7 +431,7 @@ def run_episode(
         entry.update(status=result["kind"], error=result["error"], steps=result["steps"], outcome=result["outcome"])
         if record_frames and result.get("frames") is not None:
             record.frames.append(result["frames"])
-        entry["ran"] = bool(result["ok"])
+        last_ran = bool(result["ok"])
         if result["ok"]:
             memory.update(code)
             record.actions += result["kind"] == "action"
