@@ -117,6 +117,10 @@ def level1_program(state: dict) -> Program | None:
         kw = _kw(("actor", _actor(state["actor"])), ("push", True if state.get("push") else None),
                  ("topple", True if state.get("topple") else None))  # fmt: skip
         return (Call("touch", (), kw),)
+    if cls == "PickMove3dThrowSolver":  # positional actors (spec 6.4)
+        kw = _kw(("target_2d", True if state.get("target_2d") else None),
+                 ("topple_target", True if state.get("topple_target") else None))  # fmt: skip
+        return (Call("hit", (_actor(state["throw_actor"]), _actor(state["target_actor"])), kw),)
     if cls == "ToppleStructure":
         return (Call("topple_structure", (tuple(_actor(r) for r in state["actors"]),)),)
     return None
