@@ -34,6 +34,7 @@ THROW_STEP = 0.1  # ... up to this (m per control step: 2 m/s)
 RELEASE_DISTANCE = 0.02  # release when the predicted flight passes this close to the target
 FOLLOW_THROUGH = 5  # steps of swing after the release; done then (spec: done 5 steps after release)
 TOPPLE_AIM = 0.4  # to topple, aim at this top fraction of the target's height
+FLAT, AREA_INSET = 0.02, 0.25  # a target this low is an area: aim at its middle
 REACH = 0.8  # objects farther than this from the base are not picked up again
 
 
@@ -57,12 +58,15 @@ def ik_joint_step(env, target: sapien.Pose) -> np.ndarray | None:
 
 
 def aim_box(target, topple: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The target's world bounding box, cut to its top part when the throw must topple it."""
+    """The target's world bounding box, cut to its top part when the throw must topple it, and to
+    its middle half (x and y) when it is a flat area, so that the object lands well inside."""
     v = target.world_vertices()
-    lo, hi = v.min(0), v.max(0)
+    lo, hi = v.min(0).copy(), v.max(0).copy()
     if topple:
-        lo = lo.copy()
         lo[2] = hi[2] - TOPPLE_AIM * (hi[2] - lo[2])
+    if hi[2] - lo[2] <= FLAT:
+        inset = AREA_INSET * (hi[:2] - lo[:2])
+        lo[:2], hi[:2] = lo[:2] + inset, hi[:2] - inset
     return lo, hi
 
 
@@ -140,6 +144,24 @@ class PickMove3dThrowSolver(AbstractSolver):
         p = base + WIND_RADIUS * d / max(np.linalg.norm(d), 1e-6) + [0.0, 0.0, WIND_HEIGHT]
         p = p + env.rng.uniform(-WIND_JITTER, WIND_JITTER, size=3)
         self.wind_pose = sapien.Pose(p, orbit_quat(p))
+        self.waypoints: list[sapien.Pose] = []
+
+    def wind_path(self) -> list[sapien.Pose]:
+        """Waypoints around the base (radius `WIND_RADIUS`, at most 45 deg apart) from the tool's
+        bearing to the pre-throw pose: a straight move to a target behind the robot would pass
+        over the base, where the arm folds up and loses the object."""
+        base = np.asarray(robot_lib.BASE_POSE.p)
+        rel = np.asarray(self.tcp().p) - base
+        end = self.wind_pose.p - base
+        a0, a1 = np.arctan2(rel[1], rel[0]), np.arctan2(end[1], end[0])
+        turn = (a1 - a0 + np.pi) % (2 * np.pi) - np.pi
+        n = int(np.ceil(abs(turn) / (np.pi / 4)))
+        points = []
+        for k in range(1, n):
+            a = a0 + turn * k / n
+            p = base + [WIND_RADIUS * np.cos(a), WIND_RADIUS * np.sin(a), self.wind_pose.p[2]]
+            points.append(sapien.Pose(p, orbit_quat(p)))
+        return [*points, self.wind_pose]
 
     def _set(self, action: str, solver: AbstractSolver | None) -> None:
         self.action_state["action"] = action
@@ -163,8 +185,12 @@ class PickMove3dThrowSolver(AbstractSolver):
         near = np.linalg.norm(np.asarray(self.tcp().p) - self.wind_pose.p) < WIND_TOLERANCE
         if not near and not isinstance(self.sub, ThrowSolver):
             if not isinstance(self.sub, Move3dSolver):
-                self._set("winding", Move3dSolver(self.env, self.wind_pose, match_ori=True, vacuum=True, role="hold",
-                                                  actor=self.actor))  # fmt: skip
+                self.waypoints = self.wind_path()
+            if not isinstance(self.sub, Move3dSolver) or (self.sub.done and len(self.waypoints) > 1):
+                if isinstance(self.sub, Move3dSolver):
+                    self.waypoints.pop(0)
+                self._set("winding", Move3dSolver(self.env, self.waypoints[0], match_ori=True, vacuum=True,
+                                                  role="hold", actor=self.actor))  # fmt: skip
             if not self.sub.done:
                 return self.sub.step()
         self._set("throwing", ThrowSolver(self.env, self.actor, self.target, self.topple))
