@@ -171,7 +171,8 @@ def fine_call(state: dict, target_pose: Any) -> Call | None:
             "push", (), _kw(("actor", a), ("target_actor", t), ("target_pose", target_pose if t is None else None))
         )
     if cls == "ThrowSolver":
-        return Call("throw", (), _kw(("actor", a), ("target_actor", t)))
+        return Call("throw", (), _kw(("actor", a), ("target_actor", t),
+                                     ("topple_target", True if state.get("topple_target") else None)))  # fmt: skip
     return None
 
 

@@ -89,7 +89,7 @@ class ThrowSolver(AbstractSolver):
     flight passes within `RELEASE_DISTANCE` of the target; follow through; done."""
 
     def __init__(self, env, actor, target, topple_target: bool = False):
-        super().__init__(env, actor=ref(actor), target_actor=ref(target))
+        super().__init__(env, actor=ref(actor), target_actor=ref(target), topple_target=bool(topple_target))
         self.actor, self.target, self.topple = actor, target, topple_target
         base = np.asarray(robot_lib.BASE_POSE.p)
         d = np.asarray(target.pose().p) - base
@@ -102,8 +102,11 @@ class ThrowSolver(AbstractSolver):
 
     def finish(self) -> np.ndarray:
         self.done = True
-        set_arm_velocity(self.env, np.zeros(7))
+        self.stop()
         return self.hold(GRIPPER_OFF)
+
+    def stop(self) -> None:
+        set_arm_velocity(self.env, np.zeros(7))
 
     def step(self) -> np.ndarray:
         if self.done:

@@ -63,6 +63,8 @@ class Solver(AbstractSolver):
         # is the next one chosen. (Re-choosing every step would start a new call, and write a new
         # key-step, whenever an earlier relation of a stack wobbles for a step while the next is placed.)
         if self.leaf is None or self.leaf.success():
+            if self.sub is not None:
+                self.sub.stop()  # a throw's target is hit while the arm still follows through
             self.leaf = P.next_leaf(self.task.predicate)
             self.sub = self.make_solver(self.leaf) if self.leaf is not None else None
         if self.sub is None:
