@@ -29,12 +29,12 @@ from c2a_jax.sim.solvers.pick_place import PickSolver
 WIND_RADIUS, WIND_HEIGHT, WIND_JITTER = 0.3, 0.3, 0.02  # pre-throw pose: from the base towards the target
 WIND_TOLERANCE = 0.05
 THROW_UP = 0.8  # upward component of the swing direction (horizontal part has length 1)
-THROW_ACCEL = 0.03  # the tool's step grows by this much per control step ...
+THROW_ACCEL = 0.02  # the tool's step grows by this much per control step ...
 THROW_STEP = 0.1  # ... up to this (m per control step: 2 m/s)
-RELEASE_DISTANCE = 0.02  # release when the predicted flight passes this close to the target
 FOLLOW_THROUGH = 5  # steps of swing after the release; done then (spec: done 5 steps after release)
-TOPPLE_AIM = 0.4  # to topple, aim at this top fraction of the target's height
-FLAT, AREA_INSET = 0.02, 0.25  # a target this low is an area: aim at its middle
+TOPPLE_AIM = 0.4  # to topple, the object's centre arrives in this top fraction of the target's height
+AIM_HEIGHT = 0.7  # otherwise in this top fraction
+FLAT, AREA_INSET = 0.02, 0.25  # a target this low is an area: land this fraction of its depth inside
 REACH = 0.8  # objects farther than this from the base are not picked up again
 
 
@@ -57,36 +57,41 @@ def ik_joint_step(env, target: sapien.Pose) -> np.ndarray | None:
     return (result - qpos)[arm._arm_idx] if ok else None
 
 
-def aim_box(target, topple: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The target's world bounding box, cut to its top part when the throw must topple it, and to
-    its middle half (x and y) when it is a flat area, so that the object lands well inside."""
-    v = target.world_vertices()
-    lo, hi = v.min(0).copy(), v.max(0).copy()
-    if topple:
-        lo[2] = hi[2] - TOPPLE_AIM * (hi[2] - lo[2])
-    if hi[2] - lo[2] <= FLAT:
-        inset = AREA_INSET * (hi[:2] - lo[:2])
-        lo[:2], hi[:2] = lo[:2] + inset, hi[:2] - inset
-    return lo, hi
-
-
-def flight_gap(actor, lo: np.ndarray, hi: np.ndarray) -> float:
-    """Closest approach of the actor's bounding box to the box (lo, hi) on its ballistic flight
-    from its current velocity (1.5 s, as long as it stays above the table)."""
+def reaches_target(actor, target, topple: bool) -> bool:
+    """Would the actor, let go now, reach the target? Its ballistic flight (from its current
+    velocity) is followed along the line from the actor to the target: to a flat area, it must land
+    `AREA_INSET` of the area's depth past the near edge; to an upright target, its centre must be at
+    least `AIM_HEIGHT` (`TOPPLE_AIM` to topple) up the target when its leading edge gets to the
+    target's near face. Thrown ever faster, the object first falls short, then gets there: the
+    first step at which it gets there is the release."""
     p = np.asarray(actor.pose().p)
     v, _ = actor.velocity()
-    path = ballistic_path(p, v, 1.5, 150)
-    rel = actor.world_vertices() - p
-    below = path[:, 2] + rel[:, 2].min() < -0.01
-    if below.any():
-        path = path[: max(1, int(np.argmax(below)))]
-    gap = np.maximum(0.0, np.maximum((lo - rel.max(0)) - path, path - (hi - rel.min(0))))
-    return float(np.linalg.norm(gap, axis=1).min())
+    c = np.asarray(target.pose().p)
+    d = c[:2] - p[:2]
+    distance = float(np.linalg.norm(d))
+    u = d / max(distance, 1e-6)
+    tv, av = target.world_vertices(), actor.world_vertices() - p
+    t_half = float(np.max((tv[:, :2] - c[:2]) @ u))
+    a_half = float(np.max(av[:, :2] @ u))
+    z_lo, z_hi = float(tv[:, 2].min()), float(tv[:, 2].max())
+    path = ballistic_path(p, v, 1.5, 300)
+    progress = (path[:, :2] - p[:2]) @ u
+    bottom = path[:, 2] + float(av[:, 2].min())
+    if z_hi - z_lo <= FLAT:
+        landed = np.flatnonzero((bottom <= z_hi) & (np.arange(len(path)) > 0) & (v[2] <= 0 or path[:, 2] < p[2]))
+        if not len(landed):
+            return False
+        return bool(progress[landed[0]] >= distance - t_half + 2 * AREA_INSET * t_half)
+    ahead = np.flatnonzero(progress >= distance - t_half - a_half)
+    if not len(ahead) or np.any(bottom[: ahead[0] + 1] < 0.0):
+        return False
+    aim = TOPPLE_AIM if topple else AIM_HEIGHT
+    return bool(path[ahead[0], 2] >= z_hi - aim * (z_hi - z_lo))
 
 
 class ThrowSolver(AbstractSolver):
     """Swing the grasped actor outwards and upwards towards the target; release when its predicted
-    flight passes within `RELEASE_DISTANCE` of the target; follow through; done."""
+    flight gets to the target (`reaches_target`); follow through; done."""
 
     def __init__(self, env, actor, target, topple_target: bool = False):
         super().__init__(env, actor=ref(actor), target_actor=ref(target), topple_target=bool(topple_target))
@@ -114,7 +119,7 @@ class ThrowSolver(AbstractSolver):
         if self.released_at is None:
             if not self.grasped(self.actor):  # dropped during the swing
                 self.released_at = self.steps
-            elif flight_gap(self.actor, *aim_box(self.target, self.topple)) < RELEASE_DISTANCE:
+            elif reaches_target(self.actor, self.target, self.topple):
                 self.released_at = self.steps
         if self.released_at is not None and self.steps - self.released_at >= FOLLOW_THROUGH:
             return self.finish()
