@@ -37,13 +37,18 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "RotateSymmetry": {"num_actors": 4},
     "SwapPush": {"push": True},
     "SwapRotate": {},
+    "ThrowAt": {"spawn_at_gripper": True, "target_2d": False},
+    "ThrowToTopple": {"spawn_at_gripper": True, "target_2d": False, "topple_target": True},
+    "ThrowOnto": {},
+    "ThrowAndSort": {"num_actors": 4, "num_areas": 3},
 }
 # Bench names that are another registry task with arguments.
-REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap"}
+REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap",
+            "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
     ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian", "FollowOrder",
-     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate"),
+     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort"),
     1000,
 )  # fmt: skip
 

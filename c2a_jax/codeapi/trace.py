@@ -117,6 +117,10 @@ def level1_program(state: dict) -> Program | None:
         kw = _kw(("actor", _actor(state["actor"])), ("push", True if state.get("push") else None),
                  ("topple", True if state.get("topple") else None))  # fmt: skip
         return (Call("touch", (), kw),)
+    if cls == "PickMove3dThrowSolver":  # positional actors (spec 6.4)
+        kw = _kw(("target_2d", True if state.get("target_2d") else None),
+                 ("topple_target", True if state.get("topple_target") else None))  # fmt: skip
+        return (Call("hit", (_actor(state["throw_actor"]), _actor(state["target_actor"])), kw),)
     if cls == "ToppleStructure":
         return (Call("topple_structure", (tuple(_actor(r) for r in state["actors"]),)),)
     return None
@@ -167,7 +171,8 @@ def fine_call(state: dict, target_pose: Any) -> Call | None:
             "push", (), _kw(("actor", a), ("target_actor", t), ("target_pose", target_pose if t is None else None))
         )
     if cls == "ThrowSolver":
-        return Call("throw", (), _kw(("actor", a), ("target_actor", t)))
+        return Call("throw", (), _kw(("actor", a), ("target_actor", t),
+                                     ("topple_target", True if state.get("topple_target") else None)))  # fmt: skip
     return None
 
 

@@ -36,6 +36,10 @@ PAPER_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "RotateSymmetry": ("RotateSymmetry", {"num_actors": 4}, "L1"),
     "SwapPush": ("Swap", {"push": True}, "L2"),
     "SwapRotate": ("SwapRotate", {}, "L2"),
+    "ThrowAt": ("Throw", {"spawn_at_gripper": True, "target_2d": False}, "L0"),
+    "ThrowToTopple": ("Throw", {"spawn_at_gripper": True, "target_2d": False, "topple_target": True}, "L0"),
+    "ThrowOnto": ("Throw", {}, "L1"),
+    "ThrowAndSort": ("ThrowAndSort", {"num_actors": 4, "num_areas": 3}, "L2"),
 }
 # DP+Oracle (paper 5.1, Figure 4): the Markovian form of a task, where one exists.
 MARKOVIAN: dict[str, tuple[str, dict[str, Any]]] = {"Swap": ("SwapMarkovian", {})}

@@ -24,17 +24,20 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
                 `PickMove3dPlaceSolver`, as the top-level `Solver` builds it for the matching
                 predicate; touch -> `Move3dTouchSolver`; push -> `PushSolver` (towards
                 target_actor: to the midpoint of the two actors, as the Push task's oracle);
-                topple_structure -> `ToppleStructure`.
+                topple_structure -> `ToppleStructure`; hit(actor, target_actor, target_2d,
+                topple_target) -> `PickMove3dThrowSolver` (pick up, wind up, throw; its goal is
+                `HitPredicate`).
   fine          move3d (approach above target_actor and whatever stands on it, keeping the tool's
                 orientation / carry the grasped actor to above target_actor or to target_pose /
                 hold it lifted / retreat upwards) -> `Move3dSolver`; pick -> `PickSolver`;
-                place -> `PlaceSolver` / `PlaceOnActorSolver`; touch and push as above.
+                place -> `PlaceSolver` / `PlaceOnActorSolver`; touch and push as above; throw (the
+                grasped actor at target_actor) -> `PickMove3dThrowSolver` from winding up on.
   done()        ends the episode.
 
 When a call ends (`ExecutionResult.outcome`): the task succeeded ("task_success", with
 ``stop_on_success``); the call's goal predicate, the one the top-level `Solver` would be waiting on
 for this call (`PickPredicate`, `OnTop`, `AtPosition`, `TouchPredicate`, `DirectionPushed`,
-`AtPositionPushed`, `ToppleStructurePredicate`), is met ("goal_met"); the solver reports done, and, where there is a
+`AtPositionPushed`, `ToppleStructurePredicate`, `HitPredicate`), is met ("goal_met"); the solver reports done, and, where there is a
 goal, the scene had `settle_steps` steps to satisfy it ("finished"); an actor the call carries was
 lost ("aborted"); or the call ran out of steps ("timed_out").
 
@@ -85,8 +88,6 @@ REACH_XY = (0.2, 0.85)
 REACH_Z = (-0.02, 0.6)
 
 UNSUPPORTED = {
-    "hit": "throwing is not ported to this simulator (no Throw task or ThrowSolver)",
-    "throw": "throwing is not ported to this simulator (no Throw task or ThrowSolver)",
     "balance_scale": "the BalanceScale task and its solver are not ported",
     "get_actor_pose": "needs a reference image (multimodal prompts are not supported)",
     "get_supporting_actor": "needs a reference image (multimodal prompts are not supported)",
@@ -266,7 +267,10 @@ class Executor:
         try:
             if goal is not None:
                 goal.evaluate()  # latches the state at the start of the call (initial poses, contacts)
-            outcome, goal_met = self._step_until_done(job, limit, record_frames, frame_every, frames, state)
+            try:
+                outcome, goal_met = self._step_until_done(job, limit, record_frames, frame_every, frames, state)
+            finally:
+                job.solver.stop()  # e.g. a throw whose target is hit while the arm still follows through
         except Exception as e:  # noqa: BLE001 -- the call fails; the steps it took still count
             logger.exception("code unit %.200r failed inside the simulator", text)
             return ExecutionResult(
@@ -634,7 +638,33 @@ class Executor:
         goal = P.ToppleStructurePredicate(self.env, actors) if hasattr(P, "ToppleStructurePredicate") else None
         return _Job("topple_structure", ToppleStructure(self.env, actors), goal)
 
+    def _throw_job(self, function: str, args: dict) -> _Job:
+        actor = self._as_actor(args["actor"], "actor")
+        if "target_actor" not in args:
+            raise InvalidCall(f"{function}(): needs a target_actor to throw at")
+        target = self._as_actor(args["target_actor"], "target_actor")
+        if target is actor:
+            raise InvalidCall(f"{function}(): the target actor is the actor itself")
+        if not actor.dynamic:
+            raise InvalidCall(f"{function}(): the {actor.name} cannot be moved")
+        target_2d = self._as_bool(args.get("target_2d", False), "target_2d")
+        topple = self._as_bool(args.get("topple_target", False), "topple_target")
+        from c2a_jax.sim.solvers.throw import PickMove3dThrowSolver
+
+        solver = PickMove3dThrowSolver(self.env, actor, target, target_2d=target_2d, topple_target=topple)
+        return _Job(function, solver, P.HitPredicate(self.env, actor, target, target_2d, topple))
+
+    def _plan_hit(self, args: dict) -> _Job:
+        held = [o for o in self._grasped() if o is not args.get("actor")]
+        if held:
+            raise InvalidCall(f"hit(): the gripper already holds the {held[0].name}")
+        return self._throw_job("hit", args)
+
     # --- fine actions ----------------------------------------------------------------------------
+    def _plan_throw(self, args: dict) -> _Job:
+        self._holding(self._as_actor(args["actor"], "actor"), "throw")
+        return self._throw_job("throw", args)
+
     def _plan_pick(self, args: dict) -> _Job:
         actor = self._as_actor(args["actor"], "actor")
         if not actor.dynamic:

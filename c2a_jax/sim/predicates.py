@@ -597,3 +597,80 @@ class DirectionPushed(Predicate):
         a, b = (ee - p)[:2], (p - t)[:2]
         c = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
         return float(np.exp(-5 * dist) + np.exp(-5 * np.linalg.norm(p[:2] - t[:2])) + np.exp(c - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Throwing (spec 4.10)
+
+
+def tilt_angle(initial: sapien.Pose, current: sapien.Pose) -> float:
+    """Degrees between an actor's initial and current z axes (how far it has fallen over)."""
+    z0 = initial.to_transformation_matrix()[:3, 2]
+    z = current.to_transformation_matrix()[:3, 2]
+    return float(np.degrees(np.arccos(np.clip(float(np.dot(z0, z)), -1.0, 1.0))))
+
+
+def flat_distance(a: SceneObject, b: SceneObject) -> float:
+    """x-y distance between two actors' footprints: negative (-1) when they overlap, as the source's
+    flattened mesh distance is below zero only then."""
+    from c2a_jax.sim import placement
+
+    d = placement.polygon_distance(placement.footprint(a.world_vertices()), placement.footprint(b.world_vertices()))
+    return -1.0 if d <= 0.0 else d
+
+
+class HitPredicate(Predicate):
+    """The thrown actor hits the target (x-y overlap for a 2-D area, contact for a 3-D object),
+    judged only while it is not held; with `topple_target` the target must also fall over (> 45 deg).
+    `target_hit` latches, so a thrown object that bounces off still counts."""
+
+    max_reward = 12.0
+
+    def __init__(self, env, throw_actor: SceneObject, target: SceneObject, target_2d: bool = False,
+                 topple_target: bool = False, name: str | None = None):  # fmt: skip
+        self.env, self.actor, self.target = env, throw_actor, target
+        self.target_2d, self.topple_target = bool(target_2d), bool(topple_target)
+        self.name = name or f"Hit {target.name} with {throw_actor.name}"
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the latch and the target's initial pose (the task calls this after settling)."""
+        self.initial = None
+        self.target_hit = False
+
+    def hit_now(self) -> bool:
+        if self.target_2d:
+            return flat_distance(self.actor, self.target) < 0.0
+        impulse = self.env.contact_impulse(self.actor.id, self.target.id)
+        return float(np.linalg.norm(impulse)) > 0.0
+
+    def evaluate(self) -> dict:
+        if self.initial is None:
+            self.initial = self.target.pose()
+        grasped = self.env.agent.check_grasp(self.actor.body)
+        if not grasped and not self.target_hit:
+            self.target_hit = self.hit_now()
+        angle = tilt_angle(self.initial, self.target.pose())
+        toppled = angle > 45.0
+        success = self.target_hit and (toppled or not self.topple_target)
+        return {"target_hit": self.target_hit, "target_toppled": toppled, "topple_angle": angle,
+                "grasped": grasped, "success": success}  # fmt: skip
+
+    def reward(self) -> float:
+        e = self.evaluate()
+        if e["success"]:
+            return 12.0
+        if e["grasped"]:
+            lin, _ = self.actor.velocity()
+            path = ballistic_path(np.asarray(self.actor.pose().p), lin, 3.0, 60)
+            v = self.target.world_vertices()
+            point = np.array([v[:, 0].min(), (v[:, 1].min() + v[:, 1].max()) / 2, v[:, 2].max()])
+            d = float(np.linalg.norm(path - point, axis=1).min())
+            return 4.0 + 4.0 * float(np.exp(-10.0 * d))
+        return reach_reward(self.env, self.actor)
+
+
+def ballistic_path(p0: np.ndarray, v0: np.ndarray, duration: float, samples: int) -> np.ndarray:
+    """(samples, 3) positions of a point thrown from p0 with velocity v0 under gravity."""
+    t = np.linspace(0.0, duration, samples)[:, None]
+    return p0 + v0 * t + 0.5 * np.array([0.0, 0.0, -9.81]) * t**2

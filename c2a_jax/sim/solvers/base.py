@@ -92,6 +92,12 @@ class AbstractSolver:
     def step(self) -> np.ndarray:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Called when the solver is abandoned before it is done: undo any setting outside the
+        action (only the throw's joint-velocity feed-forward has one)."""
+        if self.sub is not None:
+            self.sub.stop()
+
 
 class Move3dSolver(AbstractSolver):
     """Move the TCP to a pose along a lift-traverse-descend path clear of the scene's objects.

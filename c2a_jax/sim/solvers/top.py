@@ -9,6 +9,7 @@ from c2a_jax.sim import predicates as P
 from c2a_jax.sim.solvers.base import GRIPPER_OFF, AbstractSolver
 from c2a_jax.sim.solvers.pick_place import PickMove3dPlaceSolver
 from c2a_jax.sim.solvers.push import PushSolver
+from c2a_jax.sim.solvers.throw import PickMove3dThrowSolver
 from c2a_jax.sim.solvers.topple import ToppleStructure
 from c2a_jax.sim.solvers.touch import Move3dTouchSolver
 
@@ -51,6 +52,8 @@ class Solver(AbstractSolver):
             return PushSolver(self.env, leaf.actor, leaf.target(), retries=PUSH_RETRIES)
         if isinstance(leaf, P.TouchPredicate):
             return Move3dTouchSolver(self.env, leaf.actor, push=leaf.push, topple=leaf.topple)
+        if isinstance(leaf, P.HitPredicate):
+            return PickMove3dThrowSolver(self.env, leaf.actor, leaf.target, leaf.target_2d, leaf.topple_target)
         if isinstance(leaf, P.ToppleStructurePredicate):
             return ToppleStructure(self.env, leaf.actors)
         raise NotImplementedError(f"no solver for predicate {type(leaf).__name__}")
@@ -60,6 +63,8 @@ class Solver(AbstractSolver):
         # is the next one chosen. (Re-choosing every step would start a new call, and write a new
         # key-step, whenever an earlier relation of a stack wobbles for a step while the next is placed.)
         if self.leaf is None or self.leaf.success():
+            if self.sub is not None:
+                self.sub.stop()  # a throw's target is hit while the arm still follows through
             self.leaf = P.next_leaf(self.task.predicate)
             self.sub = self.make_solver(self.leaf) if self.leaf is not None else None
         if self.sub is None:

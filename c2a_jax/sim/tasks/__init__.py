@@ -10,6 +10,7 @@ from c2a_jax.sim.tasks import (  # noqa: F401  (registration)
     rotate,
     stack,
     swap,
+    throw,
     touch,
 )
 from c2a_jax.sim.tasks.base import SceneObject, Task, get_task_class, register_task, render_prompt, task_names
