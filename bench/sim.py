@@ -37,13 +37,15 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "RotateSymmetry": {"num_actors": 4},
     "SwapPush": {"push": True},
     "SwapRotate": {},
+    "BalanceScale": {"num_actors": 4},
+    "SortStack": {"num_actors": 6, "num_areas": 3},
 }
 # Bench names that are another registry task with arguments.
 REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap"}
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
     ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian", "FollowOrder",
-     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate"),
+     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "BalanceScale", "SortStack"),
     1000,
 )  # fmt: skip
 

@@ -119,6 +119,8 @@ def level1_program(state: dict) -> Program | None:
         return (Call("touch", (), kw),)
     if cls == "ToppleStructure":
         return (Call("topple_structure", (tuple(_actor(r) for r in state["actors"]),)),)
+    if cls == "BalanceScaleSolver":
+        return (Call("balance_scale", (tuple(_actor(r) for r in state["objects"]),)),)
     return None
 
 

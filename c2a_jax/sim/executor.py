@@ -24,7 +24,8 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
                 `PickMove3dPlaceSolver`, as the top-level `Solver` builds it for the matching
                 predicate; touch -> `Move3dTouchSolver`; push -> `PushSolver` (towards
                 target_actor: to the midpoint of the two actors, as the Push task's oracle);
-                topple_structure -> `ToppleStructure`.
+                topple_structure -> `ToppleStructure`; balance_scale -> `BalanceScaleSolver`
+                over the listed blocks (repeated names stand for distinct blocks of that name).
   fine          move3d (approach above target_actor and whatever stands on it, keeping the tool's
                 orientation / carry the grasped actor to above target_actor or to target_pose /
                 hold it lifted / retreat upwards) -> `Move3dSolver`; pick -> `PickSolver`;
@@ -34,7 +35,7 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 When a call ends (`ExecutionResult.outcome`): the task succeeded ("task_success", with
 ``stop_on_success``); the call's goal predicate, the one the top-level `Solver` would be waiting on
 for this call (`PickPredicate`, `OnTop`, `AtPosition`, `TouchPredicate`, `DirectionPushed`,
-`AtPositionPushed`, `ToppleStructurePredicate`), is met ("goal_met"); the solver reports done, and, where there is a
+`AtPositionPushed`, `ToppleStructurePredicate`, `BalanceScale`), is met ("goal_met"); the solver reports done, and, where there is a
 goal, the scene had `settle_steps` steps to satisfy it ("finished"); an actor the call carries was
 lost ("aborted"); or the call ran out of steps ("timed_out").
 
@@ -87,7 +88,6 @@ REACH_Z = (-0.02, 0.6)
 UNSUPPORTED = {
     "hit": "throwing is not ported to this simulator (no Throw task or ThrowSolver)",
     "throw": "throwing is not ported to this simulator (no Throw task or ThrowSolver)",
-    "balance_scale": "the BalanceScale task and its solver are not ported",
     "get_actor_pose": "needs a reference image (multimodal prompts are not supported)",
     "get_supporting_actor": "needs a reference image (multimodal prompts are not supported)",
 }
@@ -454,8 +454,10 @@ class Executor:
 
     # --- actors and places -----------------------------------------------------------------------
     def actors(self) -> list:
-        """The task actors code can name (those on the table)."""
-        return [o for o in self.env.task.task_actors() if float(o.pose().p[2]) > -1.0]
+        """The task actors code can name (those on the table), and parts such as a scale's plates."""
+        task = self.env.task
+        named = task.code_actors() if hasattr(task, "code_actors") else task.task_actors()
+        return [o for o in named if float(o.pose().p[2]) > -1.0]
 
     def grid_position(self, obj) -> tuple[int, int]:
         """The actor's 10x10 base-camera grid cell (spec 6.3), (-1, -1) when it is not in view."""
@@ -633,6 +635,32 @@ class Executor:
             raise InvalidCall("topple_structure(): no ToppleStructure solver in this checkout", "unsupported") from None
         goal = P.ToppleStructurePredicate(self.env, actors) if hasattr(P, "ToppleStructurePredicate") else None
         return _Job("topple_structure", ToppleStructure(self.env, actors), goal)
+
+    def _plan_balance_scale(self, args: dict) -> _Job:
+        listed = args["objects"]
+        if not isinstance(listed, tuple) or not listed:
+            raise InvalidCall("balance_scale(): needs a list of actors")
+        task = self.env.task
+        if not all(hasattr(task, k) for k in ("scale_px", "plate1", "plate2")):
+            raise InvalidCall("balance_scale(): there is no scale in this scene")
+        objects = []
+        for value in listed:  # blocks share one name: a repeated name stands for the next such block
+            actor = self._as_actor(value, "balance_scale actor")
+            if actor in objects:
+                others = [o for o in self.actors() if o.name == actor.name and o not in objects]
+                if not others:
+                    raise InvalidCall(f"balance_scale(): more {actor.name!r} listed than the scene has")
+                actor = others[0]
+            if actor in (task.plate1, task.plate2):
+                raise InvalidCall("balance_scale(): the plates are part of the scale")
+            objects.append(actor)
+        from c2a_jax.sim.solvers.balance import BalanceScaleSolver
+
+        try:
+            goal = P.BalanceScale(self.env, task.scale_px, task.plate1, task.plate2, objects)
+        except ValueError:
+            raise InvalidCall("balance_scale(): these objects cannot balance the scale") from None
+        return _Job("balance_scale", BalanceScaleSolver(self.env, goal), goal)
 
     # --- fine actions ----------------------------------------------------------------------------
     def _plan_pick(self, args: dict) -> _Job:
