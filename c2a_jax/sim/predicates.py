@@ -113,7 +113,10 @@ class OnTop(Predicate):
         # The pair's impulse is vertical when one rests on the other; its sign depends on which body
         # PhysX lists first, so the magnitude of the vertical part is what is compared.
         carried = abs(float(impulse[2])) / weight if weight > 0 else 0.0
-        return carried > 0.5 and not self.env.touching_ground(self.top.id)
+        # ... so the magnitude alone cannot tell which of the two rests on the other: the top's centre
+        # must be the higher one (as the source's stack test), or OnTop(a, b) and OnTop(b, a) both hold.
+        above = float(self.top.pose().p[2]) > float(self.bottom.pose().p[2])
+        return above and carried > 0.5 and not self.env.touching_ground(self.top.id)
 
     def evaluate(self) -> dict:
         grasp = self.env.agent.check_grasp
