@@ -137,3 +137,24 @@ def test_stack_predicate_needs_one_stack_of_all_in_any_order():
         assert not pred.success()
     finally:
         env.close()
+
+
+def test_executor_replays_sort_stack_with_repeated_names():
+    """The oracle's level-1 lines name two objects alike ("stack the blue cube on the blue cube"):
+    the executor takes them as two objects and the replay solves the task."""
+    env = make("SortStack")
+    try:
+        meta = solve(env, SORT_SEED)
+        lines = keysteps(meta)
+        assert any(c.count(c[c.index("get_actor(") : c.index(")") + 1]) == 2 for c in lines[:-1])  # a repeated name
+        env.reset(seed=SORT_SEED)
+        executor = Executor(env)
+        executor.reset()
+        for line in lines:
+            result = executor.execute(line, max_steps=500)
+            assert result.ok, (line, result.error)
+            if executor.success_seen:
+                break
+        assert executor.success_seen and bool(env.task.evaluate()["success"])
+    finally:
+        env.close()

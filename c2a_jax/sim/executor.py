@@ -15,7 +15,8 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 
   expressions   get_actor('name'[, (gx, gy)]) -> the task actor of that name (the labeller's naming:
                 `SceneObject.name`); the grid position picks among actors of the same name by
-                their base-camera bounding box, as spec 6.3 computes it.
+                their base-camera bounding box, as spec 6.3 computes it; an ``actor`` and
+                ``target_actor`` of one name stand for two such actors (`_split_same_name`).
                 get_pose(actor) -> its current pose; rotate_z(pose, deg) -> the pose turned about
                 world z; Pose(p, q); pose.p / pose.q; free_space(actor) -> a free table position;
                 free_space_next_to(actor, next_to_actor, direction, description) -> a feasible
@@ -248,6 +249,7 @@ class Executor:
             self.episode_done = True
             return ExecutionResult(True, "done", text, function="done", success=self.success_seen, episode_done=True)
         args = self._bind(call, local, work)
+        self._split_same_name(args)
         plan = getattr(self, f"_plan_{call.name}", None)
         if plan is None:
             raise InvalidCall(f"{call.name}() has no solver here", "unsupported")
@@ -486,6 +488,36 @@ class Executor:
                 raise InvalidCall(f"bad grid position {ref.pos!r}")
             matches.sort(key=lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos)))
         return matches[0]
+
+    def _split_same_name(self, args: dict) -> None:
+        """Where several actors share a name (SortStack: "stack the blue cube on the blue cube"), the
+        name's ``actor`` is the held one, or else the lowest one with nothing on it, and its
+        ``target_actor`` the highest other one with nothing on it (the top of their stack); an
+        actor the code (or its grid position) named that already fits is kept."""
+        actor, target = args.get("actor"), args.get("target_actor")
+        if actor is None or target is None:
+            return
+
+        def free(o) -> bool:
+            return self._stack_top(o) <= o.top_z() + 1e-3
+
+        def siblings(o) -> list:
+            return [x for x in self.actors() if x.name == o.name]
+
+        if actor is target or not free(actor) or self.env.agent.check_grasp(target.body):
+            same = siblings(actor)
+            held = [o for o in same if self.env.agent.check_grasp(o.body)]
+            loose = [o for o in same if free(o) and o is not target] or [o for o in same if o is not target]
+            if held:
+                actor = held[0]
+            elif actor is target or not free(actor):
+                actor = min(loose, key=lambda o: o.top_z()) if loose else actor
+        if target is actor or not free(target):
+            tops = [o for o in siblings(target) if o is not actor and free(o)]
+            others = tops or [o for o in siblings(target) if o is not actor]
+            if others:
+                target = max(others, key=lambda o: o.top_z())
+        args["actor"], args["target_actor"] = actor, target
 
     def free_space(self, actor, attempts: int = 10, margin: float = 0.02) -> sapien.Pose:
         """A free table position for `actor` in the task's workspace, keeping its orientation.
