@@ -7,11 +7,11 @@ slice height (0.5-1.5 cm; blocks 2.1-8 cm tall); they are drawn as two towers of
 equal mass), k blocks for plate 1 and N - k for plate 2, redrawn until the totals match. The
 scale (`c2a_jax.sim.scale`) pivots at (-0.05, 0, 0.7) with plates at y = -+0.25, z = 0.1.
 
-Deviations for the Panda (documented): the blocks' workspace is x in [-0.30, -0.12] (the source's
-[-0.5, -0.25] with the xArm6 9 cm nearer), kept 2 cm from the plates, and the disc kept free
-around the base while placing them is 0.30 m in radius (the source's temporary cylinder: 0.2375):
-the Panda, folded, does not reach down to a low block (2-3 cm) less than about 0.35 m in front of
-its base, nor at x = -0.32 and |y| = 0.25 (seeds 1 and 9 of an earlier layout).
+Deviations for the Panda (documented): the blocks' workspace is x in [-0.35, -0.18] (the source's
+[-0.5, -0.25] with the xArm6 9 cm nearer), and the disc kept free around the base while placing
+them is 0.30 m in radius (the source's temporary cylinder: 0.2375): the Panda, folded, does not
+reach down to a low block (2-3 cm) much nearer its base. (Moving the blocks further out, to x in
+[-0.30, -0.12], made the oracle fail more often, not less.)
 The colour is a top-role colour drawn from the split's pool; the primitive is drawn regardless of
 the split, as in the source.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from c2a_jax.sim import predicates as P
-from c2a_jax.sim.scale import ARM_LENGTH, PIVOT, PLATE_DROP, PLATE_HALF, build_scale, level
+from c2a_jax.sim.scale import build_scale, level
 from c2a_jax.sim.tasks.base import Task, register_task, sample_int
 
 MIN_BLOCK_HEIGHT, MAX_BLOCK_HEIGHT, MAX_TOWER_HEIGHT = 0.021, 0.08, 0.15
@@ -50,17 +50,10 @@ def sample_block_heights(rng: np.random.RandomState, num_actors: int) -> tuple[n
             return slice_height * np.concatenate([n1, n2]), k1
 
 
-def plate_rest_vertices(sign: float) -> np.ndarray:
-    """Corners of a plate of the level scale at rest (world frame)."""
-    centre = np.asarray(PIVOT.p) + [0.0, sign * ARM_LENGTH, -PLATE_DROP]
-    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-    return centre + corners * np.asarray(PLATE_HALF)
-
-
 @register_task("BalanceScale")
 class BalanceScale(Task):
     pools = "BalanceScale"
-    workspace = ((-0.30, -0.30), (-0.12, 0.30))
+    workspace = ((-0.35, -0.30), (-0.18, 0.30))
     base_keepout = 0.30
 
     def __init__(self, env, rng, split="train", num_actors: int = 4, sample_num_actors: bool = True, **kw):
@@ -75,20 +68,12 @@ class BalanceScale(Task):
         for h in heights:
             o = self.add_object(self.colour, self.primitive, size=(BLOCK_FOOTPRINT, BLOCK_FOOTPRINT, float(h)),
                                 density=BLOCK_DENSITY)  # fmt: skip
-            self.place_randomly(o, offset=0.01, grow=0.02)
+            self.place_randomly(o, offset=0.01)
             self.blocks.append(o)
         self.scale, self.scale_px, self.plate1, self.plate2 = build_scale(self.env.scene)
         self.objects += [self.plate1, self.plate2]  # obstacles for planning and set-aside placement
         self.predicate = P.BalanceScale(self.env, self.scale_px, self.plate1, self.plate2, self.blocks)
         self.max_reward = self.predicate.max_reward
-
-    def obstacles(self, exclude=None) -> list[np.ndarray]:
-        """As `Task.obstacles`, with the plates at rest while the blocks are placed (before the scale
-        exists; its links' poses are only known after a simulation step)."""
-        result = super().obstacles(exclude)
-        if not hasattr(self, "plate1"):
-            result += [plate_rest_vertices(sign) for sign in (-1.0, 1.0)]
-        return result
 
     def initialize(self) -> None:
         level(self.scale_px)
