@@ -41,6 +41,8 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "ThrowToTopple": {"spawn_at_gripper": True, "target_2d": False, "topple_target": True},
     "ThrowOnto": {},
     "ThrowAndSort": {"num_actors": 4, "num_areas": 3},
+    "BalanceScale": {"num_actors": 4},
+    "SortStack": {"num_actors": 6, "num_areas": 3},
 }
 # Bench names that are another registry task with arguments.
 REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap",
@@ -48,7 +50,8 @@ REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "Fol
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
     ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian", "FollowOrder",
-     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort"),
+     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort",
+     "BalanceScale", "SortStack"),
     1000,
 )  # fmt: skip
 

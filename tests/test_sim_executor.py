@@ -184,7 +184,7 @@ def test_code_that_cannot_run_is_a_no_op(scene):
          "no entry 'never stored'"),
         (f"push(actor=get_actor('{a}'))", "invalid", "needs target_actor or target_pose"),
         (f"hit(get_actor('{a}'), get_actor('{a}'))", "invalid", "itself"),
-        (f"balance_scale([(get_actor('{a}')), (get_actor('{b}'))])", "unsupported", "not ported"),
+        (f"balance_scale([(get_actor('{a}')), (get_actor('{b}'))])", "invalid", "no scale in this scene"),
         (f"throw(actor=get_actor('{a}'), target_actor=get_actor('{b}'))", "invalid", "not held"),
         (f"pick_move3d_place(actor=get_actor('{a}'), target_pose=get_actor_pose(image='x', actor=get_actor('{a}')))",
          "unsupported", "reference image"),

@@ -123,6 +123,8 @@ def level1_program(state: dict) -> Program | None:
         return (Call("hit", (_actor(state["throw_actor"]), _actor(state["target_actor"])), kw),)
     if cls == "ToppleStructure":
         return (Call("topple_structure", (tuple(_actor(r) for r in state["actors"]),)),)
+    if cls == "BalanceScaleSolver":
+        return (Call("balance_scale", (tuple(_actor(r) for r in state["objects"]),)),)
     return None
 
 

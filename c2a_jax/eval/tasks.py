@@ -40,6 +40,8 @@ PAPER_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "ThrowToTopple": ("Throw", {"spawn_at_gripper": True, "target_2d": False, "topple_target": True}, "L0"),
     "ThrowOnto": ("Throw", {}, "L1"),
     "ThrowAndSort": ("ThrowAndSort", {"num_actors": 4, "num_areas": 3}, "L2"),
+    "BalanceScale": ("BalanceScale", {"num_actors": 4}, "L2"),  # Table 2 "Balance scale"
+    "SortStack": ("SortStack", {"num_actors": 6, "num_areas": 3}, "L2"),  # Table 2 "Stack sorted_by_texture"
 }
 # DP+Oracle (paper 5.1, Figure 4): the Markovian form of a task, where one exists.
 MARKOVIAN: dict[str, tuple[str, dict[str, Any]]] = {"Swap": ("SwapMarkovian", {})}

@@ -15,7 +15,8 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 
   expressions   get_actor('name'[, (gx, gy)]) -> the task actor of that name (the labeller's naming:
                 `SceneObject.name`); the grid position picks among actors of the same name by
-                their base-camera bounding box, as spec 6.3 computes it.
+                their base-camera bounding box, as spec 6.3 computes it; an ``actor`` and
+                ``target_actor`` of one name stand for two such actors (`_split_same_name`).
                 get_pose(actor) -> its current pose; rotate_z(pose, deg) -> the pose turned about
                 world z; Pose(p, q); pose.p / pose.q; free_space(actor) -> a free table position;
                 free_space_next_to(actor, next_to_actor, direction, description) -> a feasible
@@ -26,7 +27,8 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
                 target_actor: to the midpoint of the two actors, as the Push task's oracle);
                 topple_structure -> `ToppleStructure`; hit(actor, target_actor, target_2d,
                 topple_target) -> `PickMove3dThrowSolver` (pick up, wind up, throw; its goal is
-                `HitPredicate`).
+                `HitPredicate`); balance_scale -> `BalanceScaleSolver` over the listed blocks
+                (repeated names stand for distinct blocks of that name).
   fine          move3d (approach above target_actor and whatever stands on it, keeping the tool's
                 orientation / carry the grasped actor to above target_actor or to target_pose /
                 hold it lifted / retreat upwards) -> `Move3dSolver`; pick -> `PickSolver`;
@@ -37,7 +39,7 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 When a call ends (`ExecutionResult.outcome`): the task succeeded ("task_success", with
 ``stop_on_success``); the call's goal predicate, the one the top-level `Solver` would be waiting on
 for this call (`PickPredicate`, `OnTop`, `AtPosition`, `TouchPredicate`, `DirectionPushed`,
-`AtPositionPushed`, `ToppleStructurePredicate`, `HitPredicate`), is met ("goal_met"); the solver reports done, and, where there is a
+`AtPositionPushed`, `ToppleStructurePredicate`, `HitPredicate`, `BalanceScale`), is met ("goal_met"); the solver reports done, and, where there is a
 goal, the scene had `settle_steps` steps to satisfy it ("finished"); an actor the call carries was
 lost ("aborted"); or the call ran out of steps ("timed_out").
 
@@ -88,7 +90,6 @@ REACH_XY = (0.2, 0.85)
 REACH_Z = (-0.02, 0.6)
 
 UNSUPPORTED = {
-    "balance_scale": "the BalanceScale task and its solver are not ported",
     "get_actor_pose": "needs a reference image (multimodal prompts are not supported)",
     "get_supporting_actor": "needs a reference image (multimodal prompts are not supported)",
 }
@@ -249,6 +250,7 @@ class Executor:
             self.episode_done = True
             return ExecutionResult(True, "done", text, function="done", success=self.success_seen, episode_done=True)
         args = self._bind(call, local, work)
+        self._split_same_name(args)
         plan = getattr(self, f"_plan_{call.name}", None)
         if plan is None:
             raise InvalidCall(f"{call.name}() has no solver here", "unsupported")
@@ -458,8 +460,10 @@ class Executor:
 
     # --- actors and places -----------------------------------------------------------------------
     def actors(self) -> list:
-        """The task actors code can name (those on the table)."""
-        return [o for o in self.env.task.task_actors() if float(o.pose().p[2]) > -1.0]
+        """The task actors code can name (those on the table), and parts such as a scale's plates."""
+        task = self.env.task
+        named = task.code_actors() if hasattr(task, "code_actors") else task.task_actors()
+        return [o for o in named if float(o.pose().p[2]) > -1.0]
 
     def grid_position(self, obj) -> tuple[int, int]:
         """The actor's 10x10 base-camera grid cell (spec 6.3), (-1, -1) when it is not in view."""
@@ -488,6 +492,36 @@ class Executor:
                 raise InvalidCall(f"bad grid position {ref.pos!r}")
             matches.sort(key=lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos)))
         return matches[0]
+
+    def _split_same_name(self, args: dict) -> None:
+        """Where several actors share a name (SortStack: "stack the blue cube on the blue cube"), the
+        name's ``actor`` is the held one, or else the lowest one with nothing on it, and its
+        ``target_actor`` the highest other one with nothing on it (the top of their stack); an
+        actor the code (or its grid position) named that already fits is kept."""
+        actor, target = args.get("actor"), args.get("target_actor")
+        if actor is None or target is None:
+            return
+
+        def free(o) -> bool:
+            return self._stack_top(o) <= o.top_z() + 1e-3
+
+        def siblings(o) -> list:
+            return [x for x in self.actors() if x.name == o.name]
+
+        if actor is target or not free(actor) or self.env.agent.check_grasp(target.body):
+            same = siblings(actor)
+            held = [o for o in same if self.env.agent.check_grasp(o.body)]
+            loose = [o for o in same if free(o) and o is not target] or [o for o in same if o is not target]
+            if held:
+                actor = held[0]
+            elif actor is target or not free(actor):
+                actor = min(loose, key=lambda o: o.top_z()) if loose else actor
+        if target is actor or not free(target):
+            tops = [o for o in siblings(target) if o is not actor and free(o)]
+            others = tops or [o for o in siblings(target) if o is not actor]
+            if others:
+                target = max(others, key=lambda o: o.top_z())
+        args["actor"], args["target_actor"] = actor, target
 
     def free_space(self, actor, attempts: int = 10, margin: float = 0.02) -> sapien.Pose:
         """A free table position for `actor` in the task's workspace, keeping its orientation.
@@ -659,6 +693,32 @@ class Executor:
         if held:
             raise InvalidCall(f"hit(): the gripper already holds the {held[0].name}")
         return self._throw_job("hit", args)
+
+    def _plan_balance_scale(self, args: dict) -> _Job:
+        listed = args["objects"]
+        if not isinstance(listed, tuple) or not listed:
+            raise InvalidCall("balance_scale(): needs a list of actors")
+        task = self.env.task
+        if not all(hasattr(task, k) for k in ("scale_px", "plate1", "plate2")):
+            raise InvalidCall("balance_scale(): there is no scale in this scene")
+        objects = []
+        for value in listed:  # blocks share one name: a repeated name stands for the next such block
+            actor = self._as_actor(value, "balance_scale actor")
+            if actor in objects:
+                others = [o for o in self.actors() if o.name == actor.name and o not in objects]
+                if not others:
+                    raise InvalidCall(f"balance_scale(): more {actor.name!r} listed than the scene has")
+                actor = others[0]
+            if actor in (task.plate1, task.plate2):
+                raise InvalidCall("balance_scale(): the plates are part of the scale")
+            objects.append(actor)
+        from c2a_jax.sim.solvers.balance import BalanceScaleSolver
+
+        try:
+            goal = P.BalanceScale(self.env, task.scale_px, task.plate1, task.plate2, objects)
+        except ValueError:
+            raise InvalidCall("balance_scale(): these objects cannot balance the scale") from None
+        return _Job("balance_scale", BalanceScaleSolver(self.env, goal), goal)
 
     # --- fine actions ----------------------------------------------------------------------------
     def _plan_throw(self, args: dict) -> _Job:

@@ -113,7 +113,10 @@ class OnTop(Predicate):
         # The pair's impulse is vertical when one rests on the other; its sign depends on which body
         # PhysX lists first, so the magnitude of the vertical part is what is compared.
         carried = abs(float(impulse[2])) / weight if weight > 0 else 0.0
-        return carried > 0.5 and not self.env.touching_ground(self.top.id)
+        # ... so the magnitude alone cannot tell which of the two rests on the other: the top's centre
+        # must be the higher one (as the source's stack test), or OnTop(a, b) and OnTop(b, a) both hold.
+        above = float(self.top.pose().p[2]) > float(self.bottom.pose().p[2])
+        return above and carried > 0.5 and not self.env.touching_ground(self.top.id)
 
     def evaluate(self) -> dict:
         grasp = self.env.agent.check_grasp
@@ -674,3 +677,149 @@ def ballistic_path(p0: np.ndarray, v0: np.ndarray, duration: float, samples: int
     """(samples, 3) positions of a point thrown from p0 with velocity v0 under gravity."""
     t = np.linspace(0.0, duration, samples)[:, None]
     return p0 + v0 * t + 0.5 * np.array([0.0, 0.0, -9.81]) * t**2
+
+
+class StackPredicate(Order):
+    """One stack of all `actors`, in any order (spec 4.7; SortStack).
+
+    The children are OnTop(actors[i+1], actors[i]) for the chain in list order, then OnTop for
+    every other ordered pair; success is exactly N-1 of them holding. As an `Order` it advances
+    through the chain, so the oracle builds the stack in list order; a group of one is stacked."""
+
+    def __init__(self, env, actors: list[SceneObject], name: str = "stack"):
+        actors = list(actors)
+        chain = [(i + 1, i) for i in range(len(actors) - 1)]
+        rest = [(i, j) for i in range(len(actors)) for j in range(len(actors)) if i != j and (i, j) not in chain]
+        super().__init__(name, [OnTop(env, actors[i], actors[j]) for i, j in chain + rest])
+        self.actors = actors
+        self.num_relations = len(chain)
+
+    def evaluate(self) -> dict:
+        held = sum(c.success() for c in self.children)
+        if held == self.num_relations:
+            return {"success": True}
+        e = super().evaluate()
+        return {"current_idx": e["current_idx"], "relations_held": held, "success": False}
+
+
+class BalanceScale(Predicate):
+    """Every object on one of the scale's two plates, split into groups of equal mass, and the
+    scale at rest off its limits (spec 4.12; ClevrSkills' `BalanceScale`).
+
+    A plate's stack is followed upwards through the contacts of the last sub-step: on each level,
+    the released object above it pressing hardest. The stacks must match one of the balanced
+    partitions (masses equal within 0.1% of the total); the beam joint must be over 1 deg from
+    both limits and turning slower than 1 deg/s."""
+
+    CLOSE = 0.03
+    REWARD_PER_OBJECT = 6.0
+
+    def __init__(self, env, scale, plate1: SceneObject, plate2: SceneObject, objects: list[SceneObject], name=None):
+        self.env, self.scale, self.plate1, self.plate2 = env, scale, plate1, plate2
+        self.objects = list(objects)
+        self.name = name or f"Balance {len(self.objects)} objects on scale"
+        self.max_reward = self.REWARD_PER_OBJECT * len(self.objects)
+        self.solutions = balanced_partitions(self.objects)
+        if not self.solutions:
+            raise ValueError("no balanced partition of the objects")
+
+    def stack(self, plate: SceneObject) -> list[SceneObject]:
+        """The plate and the objects stacked on it, bottom up."""
+        out = [plate]
+        free = [o for o in self.objects if not self.env.agent.check_grasp(o.body)]
+        while True:
+            top = out[-1]
+            best, best_impulse = None, 0.0
+            for o in free:
+                if o in out or o.pose().p[2] <= top.pose().p[2]:
+                    continue
+                impulse = abs(float(self.env.contact_impulse(top.id, o.id, last_substep=True)[2]))
+                if impulse > best_impulse:
+                    best, best_impulse = o, impulse
+            if best is None:
+                return out
+            out.append(best)
+
+    def match(self, stack1: list, stack2: list, allow_misplaced: bool = True):
+        """(best matching partition or None, complete) for the objects on the plates."""
+        best, best_n = None, 0
+        for s1, s2 in self.solutions:
+            n, misplaced = 0, False
+            for stack, side in ((stack1, s1), (stack2, s2)):
+                for o in stack:
+                    if o in side:
+                        n += 1
+                    else:
+                        misplaced = True
+                        break
+            if n > best_n and (allow_misplaced or not misplaced):
+                best, best_n = (s1, s2), n
+        if best is None:
+            return None, False
+        return best, best_n == len(best[0]) + len(best[1])
+
+    def where_to_place(self, actor: SceneObject, stack1: list, stack2: list) -> list[SceneObject]:
+        """Stack tops (a plate or an object) on which `actor` keeps a balanced partition reachable."""
+        out = []
+        if self.match(stack1[1:] + [actor], stack2[1:], allow_misplaced=False)[0] is not None:
+            out.append(stack1[-1])
+        if self.match(stack1[1:], stack2[1:] + [actor], allow_misplaced=False)[0] is not None:
+            out.append(stack2[-1])
+        return out
+
+    def balanced(self) -> bool:
+        q = float(self.scale.get_qpos()[0])
+        lo, hi = (float(v) for v in self.scale.get_qlimits()[0])
+        one = np.deg2rad(1.0)
+        return q - lo > one and hi - q > one and abs(float(self.scale.get_qvel()[0])) < one
+
+    def state(self) -> dict:
+        """Stacks, the best matching partition, misplaced and unplaced objects (as objects)."""
+        s1, s2 = self.stack(self.plate1)[1:], self.stack(self.plate2)[1:]
+        solution, complete = self.match(s1, s2)
+        side1, side2 = solution if solution is not None else ([], [])
+        incorrect = [o for o in s1 if o not in side1] + [o for o in s2 if o not in side2]
+        return {
+            "stack1": s1, "stack2": s2, "incorrect": incorrect,
+            "correct": [o for o in s1 if o in side1] + [o for o in s2 if o in side2],
+            "unplaced": [o for o in self.objects if o not in s1 and o not in s2], "complete": bool(complete),
+        }  # fmt: skip
+
+    def evaluate(self) -> dict:
+        st = self.state()
+        e = {k: [o.name for o in st[k]] for k in ("stack1", "stack2", "incorrect", "unplaced")}
+        e["num_correct"] = len(st["correct"])
+        e["scale_balanced"] = self.balanced()
+        e["stacked_success"] = st["complete"]
+        e["success"] = e["stacked_success"] and e["scale_balanced"]
+        return e
+
+    def reward(self) -> float:
+        """The source's shaping, simplified: 6 per correctly placed object, -6 per misplaced one,
+        plus 3 for holding an object or, with nothing held, the reaching term towards the next
+        object to move."""
+        st = self.state()
+        if st["complete"] and self.balanced():
+            return self.max_reward
+        reward = self.REWARD_PER_OBJECT * (len(st["correct"]) - len(st["incorrect"]))
+        if any(self.env.agent.check_grasp(o.body) for o in self.objects):
+            return reward + 3.0
+        todo = st["incorrect"] or st["unplaced"]
+        if todo:
+            reward += max(reach_reward(self.env, o) for o in todo)
+        return reward
+
+
+def balanced_partitions(objects: list[SceneObject], tolerance: float = 0.001) -> list[tuple[list, list]]:
+    """Every split of the objects into (plate 1, plate 2) groups whose masses differ by at most
+    `tolerance` of the total (both orders of each split are listed)."""
+    masses = [float(o.body.mass) for o in objects]
+    slack = tolerance * sum(masses)
+    out = []
+    for bits in range(1 << len(objects)):
+        side = [(bits >> k) & 1 for k in range(len(objects))]
+        m = [sum(mass for mass, s in zip(masses, side, strict=True) if s == j) for j in (0, 1)]
+        if abs(m[0] - m[1]) <= slack:
+            out.append(([o for o, s in zip(objects, side, strict=True) if s == 0],
+                        [o for o, s in zip(objects, side, strict=True) if s == 1]))  # fmt: skip
+    return out

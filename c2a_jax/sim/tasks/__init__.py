@@ -2,12 +2,14 @@
 
 from c2a_jax.sim.tasks import (  # noqa: F401  (registration)
     areas,
+    balance_scale,
     follow_order,
     novel,
     pick,
     place,
     push,
     rotate,
+    sort_stack,
     stack,
     swap,
     throw,
