@@ -60,7 +60,7 @@ from c2a_jax.codeapi import keysteps
 from c2a_jax.codeapi.nodes import Actor, Assign, Call, Component, PoseEntry, Var
 from c2a_jax.codeapi.parse import CodeParseError, parse
 from c2a_jax.codeapi.registry import FUNCTIONS
-from c2a_jax.sim import placement
+from c2a_jax.sim import grid_refs, placement
 from c2a_jax.sim import predicates as P
 from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import AbstractSolver, Move3dSolver, quat_mul, quat_z
@@ -459,13 +459,7 @@ class Executor:
 
     def grid_position(self, obj) -> tuple[int, int]:
         """The actor's 10x10 base-camera grid cell (spec 6.3), (-1, -1) when it is not in view."""
-        box = self.env.bounding_boxes().get(obj.key)
-        if box is None or box[0, 0] < 0:
-            return (-1, -1)
-        size = float(self.env.image_size)
-        gx = int(np.round((box[0, 0] + box[1, 0]) / 2 / size * 10))
-        gy = int(np.round((box[0, 1] + box[1, 1]) / 2 / size * 10))
-        return gx, gy
+        return grid_refs.grid_position(self.env, obj)
 
     def resolve_actor(self, ref: Actor):
         """The scene actor `get_actor(name[, pos])` names; InvalidCall when there is none."""
@@ -617,7 +611,7 @@ class Executor:
             return _Job("push", solver, P.DirectionPushed(self.env, actor, target))
         if target_pose is None:
             raise InvalidCall("push(): needs target_actor or target_pose")
-        solver = PushSolver(self.env, actor, target_pose, retries=PUSH_RETRIES)
+        solver = PushSolver(self.env, actor, target_pose, retries=PUSH_RETRIES, plan_path=True)
         return _Job("push", solver, P.AtPositionPushed(self.env, actor, target_pose))
 
     def _plan_topple_structure(self, args: dict) -> _Job:
