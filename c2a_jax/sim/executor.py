@@ -15,7 +15,11 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 
   expressions   get_actor('name'[, (gx, gy)]) -> the task actor of that name (the labeller's naming:
                 `SceneObject.name`); the grid position picks among actors of the same name by
-                their base-camera bounding box, as spec 6.3 computes it.
+                their base-camera bounding box, as spec 6.3 computes it. Where that leaves a tie
+                (no position, or two actors in one cell: the 10x10 grid is coarse along the
+                camera's line of sight), the actor held by the gripper comes first, then one that
+                no earlier call acted on: a second identical "rotate the cyan hexagon" means the
+                other cyan hexagon (RotateSymmetry).
                 get_pose(actor) -> its current pose; rotate_z(pose, deg) -> the pose turned about
                 world z; Pose(p, q); pose.p / pose.q; free_space(actor) -> a free table position;
                 free_space_next_to(actor, next_to_actor, direction, description) -> a feasible
@@ -179,6 +183,7 @@ class Executor:
         self.pose_dict: dict[str, sapien.Pose] = {}
         self.episode_done = False
         self.success_seen = False
+        self.handled: set[int] = set()  # ids of the actors earlier calls acted on (their `actor`)
         # Called after every control step with (action, reward, info): an episode recorder's hook
         # (`VlmOracleWorker` records regenerated demonstrations through it).
         self.on_step: Callable[[np.ndarray, float, dict], None] | None = None
@@ -187,6 +192,7 @@ class Executor:
         self.pose_dict = {}
         self.episode_done = False
         self.success_seen = False
+        self.handled = set()
 
     # --- entry point ----------------------------------------------------------------------------
     def execute(
@@ -256,6 +262,8 @@ class Executor:
         if limit <= 0:
             raise InvalidCall("no control steps are left in this episode", "budget")
         self.pose_dict = work
+        if getattr(args.get("actor"), "id", None) is not None:
+            self.handled.add(int(args["actor"].id))
         return self._run(job, text, limit, record_frames, frame_every)
 
     # --- running ---------------------------------------------------------------------------------
@@ -472,11 +480,15 @@ class Executor:
         if not matches:
             shown = ref.name if len(ref.name) <= 60 else ref.name[:57] + "..."
             raise InvalidCall(f"unknown object {shown!r}; the scene has {sorted({o.name for o in actors})}")
-        if len(matches) > 1 and ref.pos is not None:
-            pos = np.asarray(ref.pos, np.float64)
-            if pos.shape != (2,) or not np.all(np.isfinite(pos)):
-                raise InvalidCall(f"bad grid position {ref.pos!r}")
-            matches.sort(key=lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos)))
+        if len(matches) > 1:
+            distance = lambda o: 0.0  # noqa: E731
+            if ref.pos is not None:
+                pos = np.asarray(ref.pos, np.float64)
+                if pos.shape != (2,) or not np.all(np.isfinite(pos)):
+                    raise InvalidCall(f"bad grid position {ref.pos!r}")
+                distance = lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos))  # noqa: E731
+            held = lambda o: self.env.agent.check_grasp(o.body)  # noqa: E731
+            matches.sort(key=lambda o: (round(distance(o), 6), not held(o), o.id in self.handled))
         return matches[0]
 
     def free_space(self, actor, attempts: int = 10, margin: float = 0.02) -> sapien.Pose:
