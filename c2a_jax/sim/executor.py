@@ -15,11 +15,11 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 
   expressions   get_actor('name'[, (gx, gy)]) -> the task actor of that name (the labeller's naming:
                 `SceneObject.name`); the grid position picks among actors of the same name by
-                their base-camera bounding box, as spec 6.3 computes it. Where that leaves a tie
+                their base-camera bounding box, as spec 6.3 computes it. An actor held by the
+                gripper comes first (a carried actor changes cells); where the cell leaves a tie
                 (no position, or two actors in one cell: the 10x10 grid is coarse along the
-                camera's line of sight), the actor held by the gripper comes first, then one that
-                no earlier call acted on: a second identical "rotate the cyan hexagon" means the
-                other cyan hexagon (RotateSymmetry).
+                camera's line of sight), one that no earlier call acted on comes first: a second
+                identical "rotate the cyan hexagon" means the other cyan hexagon (RotateSymmetry).
                 get_pose(actor) -> its current pose; rotate_z(pose, deg) -> the pose turned about
                 world z; Pose(p, q); pose.p / pose.q; free_space(actor) -> a free table position;
                 free_space_next_to(actor, next_to_actor, direction, description) -> a feasible
@@ -488,7 +488,7 @@ class Executor:
                     raise InvalidCall(f"bad grid position {ref.pos!r}")
                 distance = lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos))  # noqa: E731
             held = lambda o: self.env.agent.check_grasp(o.body)  # noqa: E731
-            matches.sort(key=lambda o: (round(distance(o), 6), not held(o), o.id in self.handled))
+            matches.sort(key=lambda o: (not held(o), round(distance(o), 6), o.id in self.handled))
         return matches[0]
 
     def free_space(self, actor, attempts: int = 10, margin: float = 0.02) -> sapien.Pose:

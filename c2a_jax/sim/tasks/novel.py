@@ -105,10 +105,11 @@ class NovelAdjective(PlaceOnTop):
         shapes = [f.get_random_top_object(c) for c in colours]
         self.scale = float(self.rng.choice(SCALES))
         small = tuple(self.scale * v for v in objects.DEFAULT_SIZE)
-        scaled = [self.add_object(c, s, size=small) for c, s in zip(colours, shapes, strict=True)]
-        plain = [self.add_object(c, s) for c, s in zip(colours, shapes, strict=True)]
-        self.actor, self.twin = scaled[-1], plain[-1]
-        self.examples = list(zip(scaled[:-1], plain[:-1], strict=True))
+        pairs = [(c, s) for c, s in zip(colours, shapes, strict=True)]
+        # the examples exist for the prompt only: kinematic, like the untextured copies
+        self.examples = [(self.add_object(c, s, size=small, static=True), self.add_object(c, s, static=True))
+                         for c, s in pairs[:-1]]  # fmt: skip
+        self.actor, self.twin = self.add_object(*pairs[-1], size=small), self.add_object(*pairs[-1])
         self.actor_bare = self.add_object(None, shapes[-1], static=True)
         for o in (self.actor, self.twin):
             self.place_randomly(o)
