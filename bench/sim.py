@@ -44,8 +44,9 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
 REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap"}
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
-    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective", "NovelNounAdjective", "Swap", "SwapMarkovian", "FollowOrder",
-     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate"),
+    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective", "NovelNounAdjective", "Swap",
+     "SwapMarkovian", "FollowOrder", "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush",
+     "SwapRotate"),
     1000,
 )  # fmt: skip
 

@@ -110,8 +110,10 @@ def test_swap_by_pushing_swaps_along_planned_paths():
         f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
         f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
         f"push(actor=get_actor('{a}'), target_pose=free_space(actor=get_actor('{a}')))",
-        f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\npush(actor=get_actor('{b}'), target_pose=pose_dict['{a}'])",
-        f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\npush(actor=get_actor('{a}'), target_pose=pose_dict['{b}'])",
+        f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
+        f"push(actor=get_actor('{b}'), target_pose=pose_dict['{a}'])",
+        f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
+        f"push(actor=get_actor('{a}'), target_pose=pose_dict['{b}'])",
         "done()",
     ]
     assert all(type(s).__name__ == "AtPositionPushed" for s in task.steps)
