@@ -29,6 +29,8 @@ CLEARANCE = 0.02
 DONE_DISTANCE = 0.02
 RETREAT = 0.04
 PATH_BOUNDS = ((-0.45, -0.40), (0.10, 0.40))  # where a planned path may take the pushed object
+TURNS = (0.0, np.pi / 8, -np.pi / 8, np.pi / 4, -np.pi / 4)  # push headings tried, relative to the target
+APPROACH_LIMIT = 150  # steps an approach may take (with `plan_path`) before another heading is tried
 
 
 def push_quat(direction: np.ndarray, at, flip: bool) -> np.ndarray:
@@ -89,6 +91,7 @@ class PushSolver(AbstractSolver):
         self.plan_path = bool(plan_path)
         self.legs = self.plan() if self.plan_path else []
         self.target = self.leg_target()
+        self.turn, self.failed_turns, self.approach_steps = 0.0, set(), 0
 
     def plan(self) -> list[np.ndarray]:
         """The x-y corners of a path around the other objects, the final target last."""
@@ -113,8 +116,11 @@ class PushSolver(AbstractSolver):
         (the actor still ends nearer the target, in roughly its direction)."""
         a = np.asarray(self.actor.pose().p)
         d0 = np.asarray(self.target.p)[:2] - a[:2]
-        turns = (0.0, np.pi / 8, -np.pi / 8, np.pi / 4, -np.pi / 4)
-        p, d = choose_side(self.env, self.actor, float(np.arctan2(d0[1], d0[0])), turns, CLEARANCE + 0.02)
+        heading = float(np.arctan2(d0[1], d0[0]))
+        turns = [t for t in TURNS if t not in self.failed_turns] or list(TURNS)
+        p, d = choose_side(self.env, self.actor, heading, turns, CLEARANCE + 0.02)
+        off = lambda t: abs(np.angle(np.exp(1j * (np.arctan2(d[1], d[0]) - heading - t))))  # noqa: E731
+        self.turn = min(turns, key=off)
         p[2] = PUSH_HEIGHT
         return sapien.Pose(p, push_quat(d, p, self.plan_path)), d
 
@@ -152,7 +158,7 @@ class PushSolver(AbstractSolver):
         if np.linalg.norm(p[:2] - target.p[:2]) < 0.02 and abs(p[2] - target.p[2]) < 0.01:
             self.sub = PushAlongPathSolver(self.env, self.actor, self.target, self.direction, self.target_actor,
                                            quat=target.q)  # fmt: skip
-            self.role = "push"
+            self.role, self.failed_turns = "push", set()
             return self.sub.step()
         if self.role != "approach" or self.sub.done:
             if self.role == "push":  # came off the path: lift before re-approaching
@@ -163,4 +169,9 @@ class PushSolver(AbstractSolver):
                 return self.sub.step()
             self.sub, self.role = Move3dSolver(self.env, target, match_ori=True, role="approach",
                                                target_actor=self.actor), "approach"  # fmt: skip
-        return self.sub.step()
+            self.approach_steps = 0
+        self.approach_steps += 1
+        if self.plan_path and self.approach_steps > APPROACH_LIMIT:  # the arm cannot get there: another heading
+            self.failed_turns.add(self.turn)
+            self.sub, self.role = None, None
+        return self.sub.step() if self.sub is not None else self.hold(GRIPPER_OFF)
