@@ -94,7 +94,8 @@ class PushSolver(AbstractSolver):
         self.turn, self.failed_turns, self.approach_steps = 0.0, set(), 0
 
     def plan(self) -> list[np.ndarray]:
-        """The x-y corners of a path around the other objects, the final target last."""
+        """The x-y corners of a path around the other objects, before the final target (none when the
+        straight line is free)."""
         others = [o.world_vertices() for o in self.env.task.objects if o is not self.actor and o.pose().p[2] > -1.0]
         radius = float(np.max(np.linalg.norm(self.actor.local_vertices[:, :2], axis=1)))
         a = np.asarray(self.actor.pose().p)
