@@ -28,6 +28,8 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "ReverseStack": {"num_actors": 4},
     "StackTopple": {"num_actors": 4},
     "NovelNoun": {"num_actors": 3, "num_areas": 3},
+    "NovelAdjective": {},
+    "NovelNounAdjective": {},
     "Swap": {},
     "SwapMarkovian": {},
     "FollowOrder": {"num_areas": 4, "num_predicates": 4},
@@ -49,9 +51,9 @@ REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "Fol
             "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
-    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "Swap", "SwapMarkovian", "FollowOrder",
-     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort",
-     "BalanceScale", "SortStack"),
+    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective", "NovelNounAdjective", "Swap",
+     "SwapMarkovian", "FollowOrder", "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush",
+     "SwapRotate", "ThrowAndSort", "BalanceScale", "SortStack"),
     1000,
 )  # fmt: skip
 

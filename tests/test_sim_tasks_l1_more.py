@@ -100,19 +100,23 @@ def test_swap_rotate_code_reads_the_stored_poses():
         "clockwise" if task.clockwise else "anti-clockwise"))  # fmt: skip
 
 
-def test_swap_by_pushing_builds_and_pushes_first_to_the_free_space():
-    """Our push oracle rarely completes the swap (README task table), so only its start is checked."""
-    env = make("Swap", push=True)
-    try:
-        meta = record_oracle_episode(env, seed=0, max_steps=3, images=False)["meta"]
-        a, b = env.task.actor_a.name, env.task.actor_b.name
-        assert meta["natural_prompts"][0] == f"Swap positions of the {a} and the {b} by pushing"
-        assert keysteps(meta)[0] == (
-            f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
-            f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
-            f"push(actor=get_actor('{a}'), target_pose=free_space(actor=get_actor('{a}')))"
-        )
-        assert all(type(s).__name__ == "AtPositionPushed" for s in env.task.steps)
-        assert meta["traces"][0][1]["solver_class"] == "PushSolver"
-    finally:
-        env.close()
+def test_swap_by_pushing_swaps_along_planned_paths():
+    """Seed 0: the third push (A into B's old place) once shoved B, or stalled; the pushed object now
+    goes around the other one (c2a_jax.sim.push_path)."""
+    task, meta, code = solve("Swap", 0, max_steps=400, push=True)
+    a, b = task.actor_a.name, task.actor_b.name
+    assert meta["natural_prompts"][0] == f"Swap positions of the {a} and the {b} by pushing"
+    assert code == [
+        f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
+        f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
+        f"push(actor=get_actor('{a}'), target_pose=free_space(actor=get_actor('{a}')))",
+        f"pose_dict['{b}'] = get_pose(actor=get_actor('{b}'))\n"
+        f"push(actor=get_actor('{b}'), target_pose=pose_dict['{a}'])",
+        f"pose_dict['{a}'] = get_pose(actor=get_actor('{a}'))\n"
+        f"push(actor=get_actor('{a}'), target_pose=pose_dict['{b}'])",
+        "done()",
+    ]
+    assert all(type(s).__name__ == "AtPositionPushed" for s in task.steps)
+    assert meta["traces"][0][1]["solver_class"] == "PushSolver"
+    classes = {state["solver_class"] for trace in meta["traces"] for state in trace}
+    assert "PickSolver" not in classes and "PushAlongPathSolver" in classes

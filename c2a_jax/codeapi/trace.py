@@ -11,7 +11,8 @@ successful step on.
 Solver identity: our recorder gives every solver instance a ``solver_id``; ClevrSkills' own
 traces (the released dataset) identify one by the triple (``solver_class``, ``solver_python_id``,
 ``solver_random_id``) instead (spec 6.2), which `solver_key` falls back to, so the labeler reads
-both. Actor references may be lists or tuples ``(name, id)``.
+both. Actor references may be lists or tuples ``(name, id)``, optionally with a third element,
+the grid cell that tells same-named actors apart (written as ``get_actor('x', actor_pos=(gx, gy))``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ DONE: Program = (Call("done"),)
 
 
 def _actor(ref: Any) -> Actor:
-    """An actor reference of the trace, ``[name, id]``, as code."""
-    return Actor(str(ref[0]))
+    """An actor reference of the trace, ``[name, id]`` or ``[name, id, [gx, gy]]`` (the grid cell that
+    tells same-named actors apart, `c2a_jax.sim.grid_refs`), as code."""
+    pos = tuple(int(v) for v in ref[2]) if len(ref) > 2 and ref[2] is not None else None
+    return Actor(str(ref[0]), pos)
 
 
 def solver_key(state: dict) -> Any:

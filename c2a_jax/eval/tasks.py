@@ -27,6 +27,8 @@ PAPER_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "SingleStack": ("SingleStack", {}, "L1"),
     "ReverseStack": ("ReverseStack", {}, "L1"),
     "NovelNoun": ("NovelNoun", {}, "L1"),
+    "NovelAdjective": ("NovelAdjective", {}, "L1"),
+    "NovelNounAdjective": ("NovelNounAdjective", {}, "L1"),
     "Swap": ("Swap", {}, "L1"),
     "StackTopple": ("StackTopple", {}, "L2"),
     "FollowOrder": ("FollowOrder", {"num_areas": 4, "num_predicates": 4}, "L1"),

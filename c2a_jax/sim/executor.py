@@ -15,8 +15,13 @@ Meanings (one per function, whichever code granularity wrote it; see `codeapi.re
 
   expressions   get_actor('name'[, (gx, gy)]) -> the task actor of that name (the labeller's naming:
                 `SceneObject.name`); the grid position picks among actors of the same name by
-                their base-camera bounding box, as spec 6.3 computes it; an ``actor`` and
-                ``target_actor`` of one name stand for two such actors (`_split_same_name`).
+                their base-camera bounding box, as spec 6.3 computes it. An actor held by the
+                gripper comes first (a carried actor changes cells); where the cell leaves a tie
+                (no position, or two actors in one cell: the 10x10 grid is coarse along the
+                camera's line of sight), one that no earlier call acted on comes first: a second
+                identical "rotate the cyan hexagon" means the other cyan hexagon (RotateSymmetry). An
+                ``actor`` and ``target_actor`` of one name stand for two such actors
+                (`_split_same_name`; SortStack).
                 get_pose(actor) -> its current pose; rotate_z(pose, deg) -> the pose turned about
                 world z; Pose(p, q); pose.p / pose.q; free_space(actor) -> a free table position;
                 free_space_next_to(actor, next_to_actor, direction, description) -> a feasible
@@ -65,7 +70,7 @@ from c2a_jax.codeapi import keysteps
 from c2a_jax.codeapi.nodes import Actor, Assign, Call, Component, PoseEntry, Var
 from c2a_jax.codeapi.parse import CodeParseError, parse
 from c2a_jax.codeapi.registry import FUNCTIONS
-from c2a_jax.sim import placement
+from c2a_jax.sim import grid_refs, placement
 from c2a_jax.sim import predicates as P
 from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.solvers.base import AbstractSolver, Move3dSolver, quat_mul, quat_z
@@ -181,6 +186,7 @@ class Executor:
         self.pose_dict: dict[str, sapien.Pose] = {}
         self.episode_done = False
         self.success_seen = False
+        self.handled: set[int] = set()  # ids of the actors earlier calls acted on (their `actor`)
         # Called after every control step with (action, reward, info): an episode recorder's hook
         # (`VlmOracleWorker` records regenerated demonstrations through it).
         self.on_step: Callable[[np.ndarray, float, dict], None] | None = None
@@ -189,6 +195,7 @@ class Executor:
         self.pose_dict = {}
         self.episode_done = False
         self.success_seen = False
+        self.handled = set()
 
     # --- entry point ----------------------------------------------------------------------------
     def execute(
@@ -259,6 +266,8 @@ class Executor:
         if limit <= 0:
             raise InvalidCall("no control steps are left in this episode", "budget")
         self.pose_dict = work
+        if getattr(args.get("actor"), "id", None) is not None:
+            self.handled.add(int(args["actor"].id))
         return self._run(job, text, limit, record_frames, frame_every)
 
     # --- running ---------------------------------------------------------------------------------
@@ -467,13 +476,7 @@ class Executor:
 
     def grid_position(self, obj) -> tuple[int, int]:
         """The actor's 10x10 base-camera grid cell (spec 6.3), (-1, -1) when it is not in view."""
-        box = self.env.bounding_boxes().get(obj.key)
-        if box is None or box[0, 0] < 0:
-            return (-1, -1)
-        size = float(self.env.image_size)
-        gx = int(np.round((box[0, 0] + box[1, 0]) / 2 / size * 10))
-        gy = int(np.round((box[0, 1] + box[1, 1]) / 2 / size * 10))
-        return gx, gy
+        return grid_refs.grid_position(self.env, obj)
 
     def resolve_actor(self, ref: Actor):
         """The scene actor `get_actor(name[, pos])` names; InvalidCall when there is none."""
@@ -486,11 +489,15 @@ class Executor:
         if not matches:
             shown = ref.name if len(ref.name) <= 60 else ref.name[:57] + "..."
             raise InvalidCall(f"unknown object {shown!r}; the scene has {sorted({o.name for o in actors})}")
-        if len(matches) > 1 and ref.pos is not None:
-            pos = np.asarray(ref.pos, np.float64)
-            if pos.shape != (2,) or not np.all(np.isfinite(pos)):
-                raise InvalidCall(f"bad grid position {ref.pos!r}")
-            matches.sort(key=lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos)))
+        if len(matches) > 1:
+            distance = lambda o: 0.0  # noqa: E731
+            if ref.pos is not None:
+                pos = np.asarray(ref.pos, np.float64)
+                if pos.shape != (2,) or not np.all(np.isfinite(pos)):
+                    raise InvalidCall(f"bad grid position {ref.pos!r}")
+                distance = lambda o: float(np.linalg.norm(np.asarray(self.grid_position(o)) - pos))  # noqa: E731
+            held = lambda o: self.env.agent.check_grasp(o.body)  # noqa: E731
+            matches.sort(key=lambda o: (not held(o), round(distance(o), 6), o.id in self.handled))
         return matches[0]
 
     def _split_same_name(self, args: dict) -> None:
@@ -655,7 +662,7 @@ class Executor:
             return _Job("push", solver, P.DirectionPushed(self.env, actor, target))
         if target_pose is None:
             raise InvalidCall("push(): needs target_actor or target_pose")
-        solver = PushSolver(self.env, actor, target_pose, retries=PUSH_RETRIES)
+        solver = PushSolver(self.env, actor, target_pose, retries=PUSH_RETRIES, plan_path=True)
         return _Job("push", solver, P.AtPositionPushed(self.env, actor, target_pose))
 
     def _plan_topple_structure(self, args: dict) -> _Job:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from c2a_jax.codeapi.trace import EpisodeLabeler
+from c2a_jax.sim.grid_refs import with_grid_positions
 
 OBS_KEYS = ("qpos", "qvel", "ee_pose", "ee_velocity", "vacuum_on", "vacuum_grasping", "vacuum_ready")
 
@@ -125,7 +126,7 @@ def record_oracle_episode(env, seed: int, max_steps: int = 1000, images: bool = 
     success = False
     for _ in range(max_steps):
         action = np.asarray(solver.step(), dtype=np.float32)
-        trace = _json_trace(solver.trace())
+        trace = with_grid_positions(_json_trace(solver.trace()), env)
         _, reward, terminated, truncated, info = env.step(action)
         success = bool(info["success"][0])
         labels.append(labeler.label(trace, success_before=success))

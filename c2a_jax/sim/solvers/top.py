@@ -49,7 +49,7 @@ class Solver(AbstractSolver):
             return PickMove3dPlaceSolver(self.env, leaf.actor, target_pose=leaf.target(), match_ori=leaf.match_ori,
                                          target_pose_name="designated pose")  # fmt: skip
         if isinstance(leaf, P.AtPositionPushed):
-            return PushSolver(self.env, leaf.actor, leaf.target(), retries=PUSH_RETRIES)
+            return PushSolver(self.env, leaf.actor, leaf.target(), retries=PUSH_RETRIES, plan_path=True)
         if isinstance(leaf, P.TouchPredicate):
             return Move3dTouchSolver(self.env, leaf.actor, push=leaf.push, topple=leaf.topple)
         if isinstance(leaf, P.HitPredicate):
