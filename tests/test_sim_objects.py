@@ -425,3 +425,28 @@ def test_build_actor_maniskill_scene():
     twin = objects.build_actor(scene, spec, sapien.Pose(p=[0.3, 0.0, 0.2]), name="yellow triangle_2")
     assert actor.name == "yellow triangle" and twin.name == "yellow triangle_2"
     assert float(actor.get_mass()[0]) == pytest.approx(0.25, rel=1e-3)
+
+
+def test_placement_reach_band_prefers_free_candidates_within_reach():
+    local = prism_mesh("cube")[0]
+    base = (-0.65, 0.0)
+    band = (0.30, 0.68)
+    for seed in range(20):
+        rng = np.random.RandomState(seed)
+        pos, _, intersecting = place_actor_randomly_v2(rng, local, WORKSPACE, reach=band, base_xy=base)
+        assert not intersecting
+        assert band[0] <= math.dist(pos[:2], base) <= band[1]
+        # the same candidates without the band: the first one, whichever distance it has
+        free, _, _ = place_actor_randomly_v2(np.random.RandomState(seed), local, WORKSPACE)
+        ref = np.random.RandomState(seed).uniform(WORKSPACE[0], WORKSPACE[1], size=(100, 2))
+        np.testing.assert_array_equal(free[:2], ref[0])
+        ref[-1] = np.mean(WORKSPACE, axis=0)  # the last candidate is the workspace centre
+        inside = [c for c in ref if band[0] <= math.dist(c, base) <= band[1]]
+        np.testing.assert_array_equal(pos[:2], inside[0])  # the first candidate within reach
+    # a band nothing reaches: the first free candidate still wins over intersecting ones
+    pos, _, intersecting = place_actor_randomly_v2(
+        np.random.RandomState(0), local, WORKSPACE, reach=(5.0, 6.0), base_xy=base
+    )
+    ref = np.random.RandomState(0).uniform(WORKSPACE[0], WORKSPACE[1], size=(100, 2))
+    assert not intersecting
+    np.testing.assert_array_equal(pos[:2], ref[0])

@@ -111,6 +111,8 @@ def place_actor_randomly_v2(
     obstacles: Sequence[np.ndarray] = (),
     offset: float = 0.0,
     grow_actor_bounds: float = 0.0,
+    reach: tuple[float, float] | None = None,
+    base_xy: Sequence[float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, float, bool]:
     """Sample a free x-y position and yaw for an actor, as ClevrSkills' `place_actor_randomly_v2` (allow_top=False).
 
@@ -121,6 +123,10 @@ def place_actor_randomly_v2(
     overlaps or touches an obstacle's footprint, or lies closer than `grow_actor_bounds` to it. The first free
     one wins (score 3 against 1); when none is free the first candidate is returned with intersecting=True and
     the caller should log a warning.
+
+    `reach` (min, max), our addition: candidates whose centre lies outside that horizontal distance
+    from `base_xy` (the robot base) count as taken too; a free candidate out of reach still beats an
+    intersecting one, so without a free one in reach the result is as the source's.
 
     Returns (position (3,), yaw, intersecting) with z = half the rotated AABB height + `offset`.
     """
@@ -134,6 +140,7 @@ def place_actor_randomly_v2(
     base = footprint(rotated)
     obstacle_footprints = [footprint(o) for o in obstacles]
 
+    base_xy = np.asarray(base_xy, dtype=np.float64)
     best, best_score, best_intersecting = candidates[0], -1, True
     for xy in candidates:
         moved = base + xy
@@ -143,10 +150,11 @@ def place_actor_randomly_v2(
             if distance <= 0.0 or distance < grow_actor_bounds:
                 intersecting = True
                 break
-        score = 2 * (not intersecting) + 1
+        in_reach = reach is None or reach[0] <= float(np.linalg.norm(xy - base_xy)) <= reach[1]
+        score = 2 * (not intersecting) + in_reach + 1
         if score > best_score:
             best, best_score, best_intersecting = xy, score, intersecting
-        if not intersecting:
+        if not intersecting and in_reach:
             break
     return np.array([best[0], best[1], z]), yaw, best_intersecting
 

@@ -1,9 +1,11 @@
 """Sort2d and Neighbour (clevrskills_spec.md 3.15): put objects into large flat areas.
 
 Both lay out up to four 35 x 35 x 1 cm areas at fixed positions (+-0.2, +-0.2), kinematic (the
-source builds areas static). They cover most of the workspace, so objects are usually sampled
-overlapping an area (as in the source, whose placement keeps the first candidate when none is
-free); objects are therefore spawned 1 cm up and settle on the area or the table. The oracle places
+source builds areas static). They cover most of the workspace, so objects often start on an area
+(in the source, whose placement keeps the first candidate when none is free of the areas; here,
+which keeps objects within the Panda's reach, always: `AreaTask.reach`, though never on an area's
+edge nor on the object's own target area); objects are therefore spawned 1 cm up and settle on
+the area or the table. The oracle places
 each object at a free, reachable point of its area (`solvers.pick_place.area_placement`).
 
 Sort2d: every object is coloured like a randomly chosen area and goes into that area. Neighbour:
@@ -18,6 +20,7 @@ import sapien
 
 from c2a_jax.sim import placement
 from c2a_jax.sim import predicates as P
+from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.tasks.base import Task, obj, register_task, sample_int
 
 AREA_SIZE = (0.35, 0.35, 0.01)
@@ -31,6 +34,35 @@ class AreaTask(Task):
     """Builds the fixed areas (the first `num_areas` of `AREA_POSITIONS`)."""
 
     workspace = ((-0.40, -0.30), (0.05, 0.30))
+    # Our deviation: objects start where the Panda picks them up (its base is at x = -0.65; the
+    # workspace's near edge is 0.25 m from it and its far corners 0.76 m, which the xArm6 reaches).
+    # The source places objects clear of the areas where it can, which puts them in the gaps between
+    # areas: the workspace's near and far edges, out of the Panda's reach. Here objects keep clear of
+    # each other and of the robot base only, and may start on an area (spawned 1 cm up, they settle).
+    reach = (0.30, 0.68)
+
+    def placement_obstacles(self, o) -> list[np.ndarray]:
+        areas = getattr(self, "areas", [])
+        placed = [x for x in self.objects if x is not o and x not in areas and x.pose().p[2] > -1.0]
+        return [x.world_vertices() for x in placed] + [self.base_vertices()]
+
+    def bad_start(self, vertices: np.ndarray, target) -> bool:
+        """Whether a footprint lies partly on an area (such an object rests tilted on the area's edge,
+        and the vacuum does not hold a tilted top face) or wholly on its own target area (the task
+        would be done for it before it starts). Our deviation: such positions are redrawn."""
+        half = AREA_SIZE[0] / 2
+        for area in getattr(self, "areas", []):
+            inside = (np.abs(vertices[:, :2] - np.asarray(area.pose().p[:2])) <= half).all(axis=1)
+            if (inside.any() and not inside.all()) or (inside.all() and area is target):
+                return True
+        return False
+
+    def place_randomly(self, o, workspace=None, offset: float = 0.0, grow: float = 0.0, target=None,
+                       attempts: int = 20) -> None:  # fmt: skip
+        for _ in range(attempts):
+            super().place_randomly(o, workspace, offset, grow)
+            if not self.bad_start(o.world_vertices(), target):
+                return
 
     def build_areas(self, num_areas: int) -> list:
         colours = self.factory.get_random_base_textures(num_areas)
@@ -62,7 +94,7 @@ class Sort2d(AreaTask):
         for k in match:
             colour = self.areas[k].spec.colour
             o = self.add_object(colour, self.factory.get_random_top_object(colour))
-            self.place_randomly(o, offset=SPAWN_OFFSET)
+            self.place_randomly(o, offset=SPAWN_OFFSET, target=self.areas[k])
             self.actors.append(o)
         self.targets = [self.areas[k] for k in match]
         self.predicate = P.Set(
@@ -102,24 +134,31 @@ class Neighbour(AreaTask):
         """The source's `place_actor_and_neighbour_randomly_v2`: up to 100 uniform positions for the
         actor (one yaw for all, drawn at the first), the neighbour `0.1 + its size` along the
         direction's axis; the first pair inside the workspace whose footprints are both free wins,
-        else the last pair inside the workspace."""
+        else the last pair inside the workspace. Our deviation: both lie within `reach` of the base, not on
+        their target area nor on an area's edge (`bad_start`); only the robot base is an obstacle."""
         axis, sign = DIRECTIONS[self.direction]
         offset = 0.1 + float(np.ptp(self.neighbour.local_vertices[:, axis]))
         (x0, y0), (x1, y1) = self.workspace
-        obstacles = [placement.footprint(v) for v in self.obstacles(exclude=self.actor)]  # areas, robot base
-        yaw, chosen = None, None
+        obstacles = [placement.footprint(v) for v in self.placement_obstacles(self.actor)]  # robot base
+        base = np.asarray(robot_lib.BASE_POSE.p)[:2]
+        yaw, chosen, rotated = None, None, []
         for _ in range(attempts):
             xy = self.rng.uniform(self.workspace[0], self.workspace[1])
             if yaw is None:
                 yaw = float(self.rng.uniform(0.0, 2 * np.pi))
+                rotated = [placement.rotate_z(o.local_vertices, yaw) for o in self.actors]
             other = xy.copy()
             other[axis] += sign * offset
             if not (x0 <= other[0] <= x1 and y0 <= other[1] <= y1):
                 continue
-            chosen = (xy, other)
-            rotated = [placement.footprint(placement.rotate_z(o.local_vertices, yaw)) for o in self.actors]
-            free = all(placement.polygon_distance(r + p, ob) > 0.0 for r, p in zip(rotated, chosen, strict=True)
-                       for ob in obstacles)  # fmt: skip
+            pair = (xy, other)
+            if not all(self.reach[0] <= np.linalg.norm(p - base) <= self.reach[1] for p in pair) or any(
+                self.bad_start(r + [p[0], p[1], 0.0], self.area) for r, p in zip(rotated, pair, strict=True)
+            ):
+                continue
+            chosen = pair
+            free = all(placement.polygon_distance(placement.footprint(r) + p, ob) > 0.0
+                       for r, p in zip(rotated, chosen, strict=True) for ob in obstacles)  # fmt: skip
             if free:
                 break
         if chosen is None:  # no pair fits in the workspace: the neighbour beside the workspace centre

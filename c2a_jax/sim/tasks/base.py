@@ -135,6 +135,9 @@ class Task:
     # Radius of the disc around the robot base kept free when objects are placed: the base column
     # (spec 1.4.1); tasks whose objects must all be picked widen it to what the Panda reaches.
     base_keepout = 0.09
+    # Horizontal distance band from the robot base within which random placement looks for a free
+    # position first (our deviation for tasks whose every object is picked; None: the source's).
+    reach: tuple[float, float] | None = None
 
     def __init__(self, env, rng: np.random.RandomState, split: str = "train", variant: int = 0, **kwargs):
         if kwargs:
@@ -166,18 +169,25 @@ class Task:
     def obstacles(self, exclude: SceneObject | None = None) -> list[np.ndarray]:
         """World vertices of everything placed so far (and the robot base), for 2-D overlap tests."""
         result = [o.world_vertices() for o in self.objects if o is not exclude and o.pose().p[2] > -1.0]
+        result.append(self.base_vertices())
+        return result
+
+    def base_vertices(self) -> np.ndarray:
+        """The robot's base column, radius 0.09 (spec 1.4.1), or the task's keep-out, as 16 vertices."""
         angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-        base = np.asarray(robot_lib.BASE_POSE.p) + np.stack(
+        return np.asarray(robot_lib.BASE_POSE.p) + np.stack(
             [self.base_keepout * np.cos(angles), self.base_keepout * np.sin(angles), 0.1 + 0 * angles], 1
         )
-        result.append(base)  # the robot's base column, radius 0.09 (spec 1.4.1), or the task's keep-out
-        return result
+
+    def placement_obstacles(self, o: SceneObject) -> list[np.ndarray]:
+        """What a newly placed `o` must keep clear of (see `obstacles`)."""
+        return self.obstacles(exclude=o)
 
     def place_randomly(self, o: SceneObject, workspace=None, offset: float = 0.0, grow: float = 0.0) -> None:
         """`place_actor_randomly_v2` (spec 2.6) in the task workspace."""
         pos, yaw, _ = placement.place_actor_randomly_v2(
-            self.rng, o.local_vertices, workspace or self.workspace, self.obstacles(exclude=o),
-            offset=offset, grow_actor_bounds=grow,
+            self.rng, o.local_vertices, workspace or self.workspace, self.placement_obstacles(o),
+            offset=offset, grow_actor_bounds=grow, reach=self.reach, base_xy=np.asarray(robot_lib.BASE_POSE.p)[:2],
         )  # fmt: skip
         self.place(o, sapien.Pose(pos, placement.quat_from_yaw(yaw)))
 
