@@ -71,6 +71,41 @@ def test_area_tasks_put_every_object_in_its_area(task, seed):
         assert all(a.spec.colour == area.spec.colour for a, area in pairs)
 
 
+@pytest.mark.parametrize("task", ["Neighbour", "Sort2d"])
+def test_area_task_objects_start_in_reach_off_area_edges_and_off_their_target(task):
+    """Our placement deviation (AreaTask.reach, bad_start): every object starts 0.30-0.68 m from the
+    robot base, wholly on or off each area, and the task is not done before it starts (Sort2d: no
+    object inside its own target area)."""
+    import numpy as np
+
+    from c2a_jax.sim.robot import BASE_POSE
+    from c2a_jax.sim.tasks.areas import AREA_SIZE
+
+    env = make(task)
+    try:
+        for seed in range(6):
+            env.reset(seed=seed)
+            t = env.task
+            pairs = (
+                [(t.actor, t.area), (t.neighbour, t.area)]
+                if task == "Neighbour"
+                else zip(t.actors, t.targets, strict=True)
+            )
+            for actor, target in pairs:
+                p = np.asarray(actor.pose().p)
+                assert 0.30 - 0.02 <= np.linalg.norm(p[:2] - np.asarray(BASE_POSE.p[:2])) <= 0.68 + 0.02, seed
+                for area in t.areas:
+                    inside = (np.abs(actor.world_vertices()[:, :2] - area.pose().p[:2]) <= AREA_SIZE[0] / 2 + 1e-3).all(
+                        1
+                    )
+                    assert inside.all() or not inside.any(), (seed, actor.name, area.name)  # not on an edge
+                    if task == "Sort2d":
+                        assert not (area is target and inside.all()), (seed, actor.name)
+            assert not t.evaluate()["success"]  # Neighbour: not both in the area
+    finally:
+        env.close()
+
+
 def test_rotate_symmetry_turns_both_identically_coloured_objects():
     task, meta, code = solve("RotateSymmetry", 0)
     a, b = task.actor_a, task.actor_b

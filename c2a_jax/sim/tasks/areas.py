@@ -46,22 +46,22 @@ class AreaTask(Task):
         placed = [x for x in self.objects if x is not o and x not in areas and x.pose().p[2] > -1.0]
         return [x.world_vertices() for x in placed] + [self.base_vertices()]
 
-    def bad_start(self, vertices: np.ndarray, target) -> bool:
-        """Whether a footprint lies partly on an area (such an object rests tilted on the area's edge,
-        and the vacuum does not hold a tilted top face) or wholly on its own target area (the task
-        would be done for it before it starts). Our deviation: such positions are redrawn."""
-        half = AREA_SIZE[0] / 2
-        for area in getattr(self, "areas", []):
-            inside = (np.abs(vertices[:, :2] - np.asarray(area.pose().p[:2])) <= half).all(axis=1)
-            if (inside.any() and not inside.all()) or (inside.all() and area is target):
-                return True
-        return False
+    @staticmethod
+    def inside(vertices: np.ndarray, area) -> np.ndarray:
+        """Which of the footprint's vertices lie on the area."""
+        return (np.abs(vertices[:, :2] - np.asarray(area.pose().p[:2])) <= AREA_SIZE[0] / 2).all(axis=1)
+
+    def on_area_edge(self, vertices: np.ndarray) -> bool:
+        """Whether a footprint lies partly on an area: such an object rests tilted on the area's edge,
+        and the vacuum does not hold a tilted top face (our deviation: such starts are redrawn)."""
+        return any(self.inside(vertices, a).any() and not self.inside(vertices, a).all() for a in self.areas)
 
     def place_randomly(self, o, workspace=None, offset: float = 0.0, grow: float = 0.0, target=None,
-                       attempts: int = 20) -> None:  # fmt: skip
+                       attempts: int = 200) -> None:  # fmt: skip
         for _ in range(attempts):
             super().place_randomly(o, workspace, offset, grow)
-            if not self.bad_start(o.world_vertices(), target):
+            v = o.world_vertices()  # not on an edge, nor done before it starts
+            if not self.on_area_edge(v) and (target is None or not self.inside(v, target).all()):
                 return
 
     def build_areas(self, num_areas: int) -> list:
@@ -130,21 +130,21 @@ class Neighbour(AreaTask):
         self.predicate = P.Set("neighbour", [P.Inside2d(self.env, o, self.area) for o in self.actors])
         self.max_reward = self.predicate.max_reward
 
-    def _place_with_neighbour(self, attempts: int = 100) -> None:
-        """The source's `place_actor_and_neighbour_randomly_v2`: up to 100 uniform positions for the
-        actor (one yaw for all, drawn at the first), the neighbour `0.1 + its size` along the
+    def _place_with_neighbour(self, attempts: int = 1000) -> None:
+        """The source's `place_actor_and_neighbour_randomly_v2`: uniform positions (the source: 100; here 1000) for the
+        actor (one yaw for all, drawn at the first; here one per 100), the neighbour `0.1 + its size` along the
         direction's axis; the first pair inside the workspace whose footprints are both free wins,
-        else the last pair inside the workspace. Our deviation: both lie within `reach` of the base, not on
-        their target area nor on an area's edge (`bad_start`); only the robot base is an obstacle."""
+        else the last pair inside the workspace. Our deviation: both lie within `reach` of the base and off
+        the areas' edges, not both already in the target area; only the robot base is an obstacle."""
         axis, sign = DIRECTIONS[self.direction]
         offset = 0.1 + float(np.ptp(self.neighbour.local_vertices[:, axis]))
         (x0, y0), (x1, y1) = self.workspace
         obstacles = [placement.footprint(v) for v in self.placement_obstacles(self.actor)]  # robot base
         base = np.asarray(robot_lib.BASE_POSE.p)[:2]
         yaw, chosen, rotated = None, None, []
-        for _ in range(attempts):
+        for k in range(attempts):
             xy = self.rng.uniform(self.workspace[0], self.workspace[1])
-            if yaw is None:
+            if k % 100 == 0:  # the source draws one yaw; we redraw it every 100 positions
                 yaw = float(self.rng.uniform(0.0, 2 * np.pi))
                 rotated = [placement.rotate_z(o.local_vertices, yaw) for o in self.actors]
             other = xy.copy()
@@ -152,9 +152,10 @@ class Neighbour(AreaTask):
             if not (x0 <= other[0] <= x1 and y0 <= other[1] <= y1):
                 continue
             pair = (xy, other)
-            if not all(self.reach[0] <= np.linalg.norm(p - base) <= self.reach[1] for p in pair) or any(
-                self.bad_start(r + [p[0], p[1], 0.0], self.area) for r, p in zip(rotated, pair, strict=True)
-            ):
+            if not all(self.reach[0] <= np.linalg.norm(p - base) <= self.reach[1] for p in pair):
+                continue
+            placed = [r + [p[0], p[1], 0.0] for r, p in zip(rotated, pair, strict=True)]
+            if any(self.on_area_edge(v) for v in placed) or all(self.inside(v, self.area).all() for v in placed):
                 continue
             chosen = pair
             free = all(placement.polygon_distance(placement.footprint(r) + p, ob) > 0.0
