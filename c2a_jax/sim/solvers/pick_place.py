@@ -42,10 +42,12 @@ def is_area(obj) -> bool:
 def area_placement(env, actor, area) -> np.ndarray:
     """An x-y point on `area` for `actor`'s centre (world frame).
 
-    Candidates are drawn uniformly over the area's footprint box from the episode generator; the
-    first is taken whose centre lies at least half the actor's radius inside the area's footprint,
-    whose disc keeps `AREA_CLEARANCE` from every other object, and which the arm reaches
-    (`PLACE_REACH`); failing that, the first free one; failing that, the area's centre."""
+    Candidates are drawn uniformly over the area's footprint box from the episode generator. Of
+    those whose whole disc lies on the area, keeps `AREA_CLEARANCE` from every other object and
+    which the arm reaches (`PLACE_REACH`), the one farthest from the area's middle is taken, which
+    leaves the middle free for the objects still to come (a triangular area holds two objects only
+    so). Failing that, the first whose centre lies at least half the actor's radius inside the area
+    and which is free and reached; failing that, the first free one; failing that, the area's centre."""
     hull = placement.footprint(area.world_vertices())
     lo, hi = hull.min(0), hull.max(0)
     radius = float(np.max(np.linalg.norm(actor.local_vertices[:, :2], axis=1)))
@@ -54,16 +56,24 @@ def area_placement(env, actor, area) -> np.ndarray:
     others = [placement.footprint(o.world_vertices()) for o in env.task.objects
               if o is not actor and o is not area and o.pose().p[2] > -1.0]  # fmt: skip
     base = np.asarray(robot_lib.BASE_POSE.p[:2])
-    free = None
+    middle = hull.mean(0)
+    free, reached, edge = None, None, []
     for xy in env.rng.uniform(lo, hi, size=(AREA_CANDIDATES, 2)):
         if not _inside(xy, hull, 0.5 * radius):
             continue
         if any(placement.polygon_distance(disc + xy, o) < AREA_CLEARANCE for o in others):
             continue
         if PLACE_REACH[0] <= float(np.linalg.norm(xy - base)) <= PLACE_REACH[1]:
-            return xy
+            reached = xy if reached is None else reached
+            if _inside(xy, hull, radius):
+                edge.append(xy)
         free = xy if free is None else free
-    return free if free is not None else np.asarray(area.pose().p[:2], float)
+    if edge:
+        return max(edge, key=lambda xy: float(np.linalg.norm(xy - middle)))
+    for choice in (reached, free):
+        if choice is not None:
+            return choice
+    return np.asarray(area.pose().p[:2], float)
 
 
 def _inside(point: np.ndarray, hull: np.ndarray, margin: float) -> bool:

@@ -1,7 +1,7 @@
 """Sort2d and Neighbour (clevrskills_spec.md 3.15): put objects into large flat areas.
 
-Both lay out up to four 35 x 35 x 1 cm areas at fixed positions (+-0.2, +-0.2), kinematic (the
-source builds areas static). They cover most of the workspace, so objects often start on an area
+Both lay out up to four 35 x 35 x 1 cm areas at fixed positions (the source's (+-0.2, +-0.2), 9 cm
+nearer our robot: `AREA_POSITIONS`), kinematic (the source builds areas static). They cover most of the workspace, so objects often start on an area
 (in the source, whose placement keeps the first candidate when none is free of the areas; here,
 which keeps objects within the Panda's reach, always: `AreaTask.reach`, though never on an area's
 edge nor on the object's own target area); objects are therefore spawned 1 cm up and settle on
@@ -24,7 +24,10 @@ from c2a_jax.sim import robot as robot_lib
 from c2a_jax.sim.tasks.base import Task, obj, register_task, sample_int
 
 AREA_SIZE = (0.35, 0.35, 0.01)
-AREA_POSITIONS = ((-0.2, -0.2), (-0.2, 0.2), (0.2, -0.2), (0.2, 0.2))
+# The source's (+-0.2, +-0.2) relative to its xArm6, which stands 9 cm further forward than our
+# Panda: moved 9 cm towards the Panda, so that the far areas (0.675 m from its base at their near
+# edge otherwise, against a reach of about 0.72 m) lie where they lie for the source's robot.
+AREA_POSITIONS = ((-0.29, -0.2), (-0.29, 0.2), (0.11, -0.2), (0.11, 0.2))
 SPAWN_OFFSET = AREA_SIZE[2]  # spawn objects this high, so that one overlapping an area lands on it
 # direction -> (axis, sign) of the neighbour's offset from the main actor (the source's table)
 DIRECTIONS = {"north": (0, 1.0), "south": (0, -1.0), "west": (1, 1.0), "east": (1, -1.0)}
