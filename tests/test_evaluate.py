@@ -133,6 +133,35 @@ def test_vlm_dp_runs_a_few_steps_with_untrained_models(vlm_dir):
     assert len(record["_frames"]) == 5 and record["_frames"][0].shape == (32, 32, 3)
 
 
+def test_flat_policy_episodes_render_only_the_steps_whose_images_the_policy_reads():
+    from c2a_jax.eval.policy_episodes import PolicyWorker, run_policy_episode
+    from c2a_jax.infer.controller import HierarchicalController
+
+    seen = []
+
+    def policy(obs, rng, **text):  # records whether it was shown a rendered image
+        seen.append(bool(np.asarray(obs["image"]).any()))
+        return np.zeros((3, 7), np.float32)
+
+    sim = PolicyWorker(task="Pick", image_size=32, max_steps=7)
+    renders = []
+    render_cameras = sim.env.render_cameras
+    sim.env.render_cameras = lambda *a, **k: renders.append(1) or render_cameras(*a, **k)
+    try:
+        sim.reset(seed=1)
+        at_reset = len(renders)
+        renders.clear()
+        controller = HierarchicalController(policy, None, n_action_steps=3)
+        record = run_policy_episode(sim, controller, {"task": "Pick", "seed": 1})
+        assert record["steps"] == 7 and seen == [True, True, True]  # draws at steps 0, 3, 6, all rendered
+        assert len(renders) == at_reset + 2  # the observations before steps 3 and 6, not all 7
+        renders.clear()
+        record = run_policy_episode(sim, controller, {"task": "Pick", "seed": 1}, record_frames=True)
+        assert len(renders) == at_reset + 7 and len(record["_frames"]) == 7  # videos need every frame
+    finally:
+        sim.close()
+
+
 def test_models_of_other_image_sizes_read_larger_renderings_resized_as_in_training(vlm_dir):
     """The paper's VLM reads 336 px and its DP 128 px: evaluation renders once at the larger size and
     each model resizes to its own. A 64 px frame must give exactly what its training-style 32 px

@@ -85,6 +85,24 @@ def test_flat_mode_reads_the_prompt_and_sampling_replays():
     assert again.calls[-1]["rng"] != first[0]
 
 
+def test_images_are_needed_exactly_before_a_draw_or_a_code_query():
+    policy = RecordingPolicy(horizon=3)
+    ctl = HierarchicalController(policy, None, n_action_steps=2)
+    ctl.reset("Touch the red cube")
+    needed = []
+    for _ in range(7):
+        needed.append(ctl.needs_images())
+        ctl.act(_obs())
+    draws = [i for i in range(7) if i % 2 == 0]  # a chunk every 2 steps
+    assert [i for i, n in enumerate(needed) if n] == draws and len(policy.calls) == len(draws)
+    writer = lambda image, prompt, memory, request: "move3d()"  # noqa: E731
+    ctl = HierarchicalController(RecordingPolicy(horizon=3), writer, n_action_steps=2)
+    ctl.reset("Touch the red cube")
+    for _ in range(4):  # the code writer reads the image every step
+        assert ctl.needs_images()
+        ctl.act(_obs())
+
+
 def test_bad_policy_output_and_settings_are_refused():
     with pytest.raises(ValueError, match="n_action_steps"):
         HierarchicalController(RecordingPolicy(), None, n_action_steps=0)

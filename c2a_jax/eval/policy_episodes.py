@@ -3,7 +3,8 @@
 Worker side, `PolicyWorker` (a `VlmOracleWorker` with one more call):
 
     reset(seed, task, task_args, prompt_index) -> {"episode", "prompt", ..., "observation"}
-    step(episode, action) -> observation
+    step(episode, action, images=True) -> observation (with blank images where not `images`:
+        the controller says when it reads none, `HierarchicalController.needs_images`)
 
     observation = {"image": base camera (S, S, 3) uint8, "wrist_image": hand camera, "state": (9,)
                    float32 as the RLDS dataset stores it (TCP position, quaternion qw qx qy qz,
@@ -34,8 +35,8 @@ FACTORY = "c2a_jax.eval.policy_episodes:PolicyWorker"
 class PolicyWorker(VlmOracleWorker):
     """See the module docstring."""
 
-    def _policy_observation(self) -> dict[str, Any]:
-        obs = self.env.observe(images=self.images)
+    def _policy_observation(self, images: bool = True) -> dict[str, Any]:
+        obs = self.env.observe(images=self.images and images)
         agent = obs["agent"]
         state = np.concatenate([np.asarray(agent["ee_pose"], np.float32).reshape(-1)[:7],
                                 np.asarray([agent["vacuum_on"], agent["vacuum_grasping"]], np.float32).reshape(-1)])  # fmt: skip
@@ -58,7 +59,7 @@ class PolicyWorker(VlmOracleWorker):
         out["observation"] = self._policy_observation()
         return out
 
-    def step(self, episode: str, action) -> dict[str, Any]:
+    def step(self, episode: str, action, images: bool = True) -> dict[str, Any]:
         self._check(episode)
         action = np.asarray(action, np.float32).reshape(-1)
         if action.shape != (7,) or not np.all(np.isfinite(action)):
@@ -67,7 +68,7 @@ class PolicyWorker(VlmOracleWorker):
         self.steps += 1
         if bool(np.asarray(info["success"]).reshape(-1)[0]):
             self.executor.success_seen = True
-        return self._policy_observation()
+        return self._policy_observation(bool(images))
 
 
 def policy_client(task: str = "Pick", task_args: dict | None = None, image_size: int = 64, split: str = "train",
@@ -129,7 +130,8 @@ def run_policy_episode(
             captions.append(line)
         try:
             t = time.perf_counter()
-            obs = _call(sim, "step", episode=episode, action=np.asarray(action, np.float32))
+            images = record_frames or not hasattr(controller, "needs_images") or controller.needs_images()
+            obs = _call(sim, "step", episode=episode, action=np.asarray(action, np.float32), images=images)
             record["sim_s"] += time.perf_counter() - t
         except WorkerError as e:
             record.update(end_reason="worker_error", error=f"step {obs['steps']}: {e}")

@@ -101,6 +101,14 @@ class HierarchicalController:
             raise ValueError(f"the policy returned an action chunk of shape {chunk.shape}, expected (horizon, dims)")
         return chunk
 
+    def needs_images(self) -> bool:
+        """Whether the next `act` reads the camera images: the code writer reads them every step;
+        the policy only when it draws a chunk. A simulator may skip rendering otherwise (the flat
+        DP's episodes then render one step in `n_action_steps`), with the same actions."""
+        if self.code_writer is not None or self._chunk is None:
+            return True
+        return self._used >= min(self.n_action_steps, len(self._chunk))
+
     def act(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, StepInfo]:
         """The action for this step (robot units) and what the step did."""
         code, keystep, vlm_s = None, False, 0.0
