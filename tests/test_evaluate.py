@@ -133,31 +133,43 @@ def test_vlm_dp_runs_a_few_steps_with_untrained_models(vlm_dir):
     assert len(record["_frames"]) == 5 and record["_frames"][0].shape == (32, 32, 3)
 
 
-def test_flat_policy_episodes_render_only_the_steps_whose_images_the_policy_reads():
+def test_policy_episodes_render_only_the_images_the_models_read():
     from c2a_jax.eval.policy_episodes import PolicyWorker, run_policy_episode
     from c2a_jax.infer.controller import HierarchicalController
 
-    seen = []
+    seen, written = [], []
 
-    def policy(obs, rng, **text):  # records whether it was shown a rendered image
-        seen.append(bool(np.asarray(obs["image"]).any()))
+    def policy(obs, rng, **text):  # records whether it was shown rendered images
+        seen.append((bool(np.asarray(obs["image"]).any()), bool(np.asarray(obs["wrist_image"]).any())))
         return np.zeros((3, 7), np.float32)
+
+    def writer(image, prompt, memory, request):
+        written.append(bool(np.asarray(image).any()))
+        return "move3d()"
 
     sim = PolicyWorker(task="Pick", image_size=32, max_steps=7)
     renders = []
     render_cameras = sim.env.render_cameras
-    sim.env.render_cameras = lambda *a, **k: renders.append(1) or render_cameras(*a, **k)
+    sim.env.render_cameras = lambda uids=("base_camera", "hand_camera"): renders.extend(uids) or render_cameras(uids)
     try:
         sim.reset(seed=1)
         at_reset = len(renders)
         renders.clear()
-        controller = HierarchicalController(policy, None, n_action_steps=3)
-        record = run_policy_episode(sim, controller, {"task": "Pick", "seed": 1})
-        assert record["steps"] == 7 and seen == [True, True, True]  # draws at steps 0, 3, 6, all rendered
-        assert len(renders) == at_reset + 2  # the observations before steps 3 and 6, not all 7
+        flat = HierarchicalController(policy, None, n_action_steps=3)
+        record = run_policy_episode(sim, flat, {"task": "Pick", "seed": 1})
+        assert record["steps"] == 7 and seen == [(True, True)] * 3  # draws at steps 0, 3, 6, all rendered
+        assert len(renders) == at_reset + 4  # both cameras before steps 3 and 6 only, not all 7
         renders.clear()
-        record = run_policy_episode(sim, controller, {"task": "Pick", "seed": 1}, record_frames=True)
-        assert len(renders) == at_reset + 7 and len(record["_frames"]) == 7  # videos need every frame
+        record = run_policy_episode(sim, flat, {"task": "Pick", "seed": 1}, record_frames=True)
+        assert len(renders) == at_reset + 14 and len(record["_frames"]) == 7  # videos need every frame
+        renders.clear()
+        seen.clear()
+        hierarchical = HierarchicalController(policy, writer, n_action_steps=3, regenerate_on_keystep=False)
+        run_policy_episode(sim, hierarchical, {"task": "Pick", "seed": 1})
+        assert written == [True] * 7 and seen == [(True, True)] * 3  # the VLM's camera every step
+        assert renders.count("hand_camera") == at_reset // 2 + 2 and renders.count("base_camera") == at_reset // 2 + 7
+        with pytest.raises(ValueError, match="images must be"):
+            sim.step(sim.reset(seed=1)["episode"], np.zeros(7), images=["depth"])
     finally:
         sim.close()
 

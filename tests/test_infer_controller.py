@@ -91,16 +91,22 @@ def test_images_are_needed_exactly_before_a_draw_or_a_code_query():
     ctl.reset("Touch the red cube")
     needed = []
     for _ in range(7):
-        needed.append(ctl.needs_images())
+        needed.append(ctl.images_needed())
         ctl.act(_obs())
     draws = [i for i in range(7) if i % 2 == 0]  # a chunk every 2 steps
     assert [i for i, n in enumerate(needed) if n] == draws and len(policy.calls) == len(draws)
+    assert all(needed[i] == ("image", "wrist_image") for i in draws)
     writer = lambda image, prompt, memory, request: "move3d()"  # noqa: E731
-    ctl = HierarchicalController(RecordingPolicy(horizon=3), writer, n_action_steps=2)
-    ctl.reset("Touch the red cube")
-    for _ in range(4):  # the code writer reads the image every step
-        assert ctl.needs_images()
-        ctl.act(_obs())
+    for regenerate in (False, True):
+        ctl = HierarchicalController(RecordingPolicy(horizon=3), writer, n_action_steps=2,
+                                     regenerate_on_keystep=regenerate)  # fmt: skip
+        ctl.reset("Touch the red cube")
+        needed = []
+        for _ in range(4):  # the code writer reads its camera every step, the policy both on draws
+            needed.append(ctl.images_needed())
+            ctl.act(_obs())
+        both, base = ("image", "wrist_image"), ("image",)
+        assert needed == ([both] * 4 if regenerate else [both, base, both, base])  # a new key-step draws
 
 
 def test_bad_policy_output_and_settings_are_refused():

@@ -3,8 +3,8 @@
 Worker side, `PolicyWorker` (a `VlmOracleWorker` with one more call):
 
     reset(seed, task, task_args, prompt_index) -> {"episode", "prompt", ..., "observation"}
-    step(episode, action, images=True) -> observation (with blank images where not `images`:
-        the controller says when it reads none, `HierarchicalController.needs_images`)
+    step(episode, action, images=True) -> observation (images: True, or the observation keys to
+        render, the rest blank: the controller says which it reads, `images_needed`)
 
     observation = {"image": base camera (S, S, 3) uint8, "wrist_image": hand camera, "state": (9,)
                    float32 as the RLDS dataset stores it (TCP position, quaternion qw qx qy qz,
@@ -30,13 +30,15 @@ import numpy as np
 from c2a_jax.eval.vlm_oracle import MAX_STEPS, SimulatorClient, VlmOracleWorker
 
 FACTORY = "c2a_jax.eval.policy_episodes:PolicyWorker"
+CAMERAS = {"image": "base_camera", "wrist_image": "hand_camera"}  # observation key -> camera
 
 
 class PolicyWorker(VlmOracleWorker):
     """See the module docstring."""
 
-    def _policy_observation(self, images: bool = True) -> dict[str, Any]:
-        obs = self.env.observe(images=self.images and images)
+    def _policy_observation(self, images=True) -> dict[str, Any]:
+        wanted = CAMERAS.values() if images is True else [CAMERAS[k] for k in images or ()]
+        obs = self.env.observe(images=list(wanted) if self.images else False)
         agent = obs["agent"]
         state = np.concatenate([np.asarray(agent["ee_pose"], np.float32).reshape(-1)[:7],
                                 np.asarray([agent["vacuum_on"], agent["vacuum_grasping"]], np.float32).reshape(-1)])  # fmt: skip
@@ -68,7 +70,9 @@ class PolicyWorker(VlmOracleWorker):
         self.steps += 1
         if bool(np.asarray(info["success"]).reshape(-1)[0]):
             self.executor.success_seen = True
-        return self._policy_observation(bool(images))
+        if not (images is True or (isinstance(images, list | tuple) and set(images) <= set(CAMERAS))):
+            raise ValueError(f"images must be True or a list of {sorted(CAMERAS)}, got {images!r}")
+        return self._policy_observation(images)
 
 
 def policy_client(task: str = "Pick", task_args: dict | None = None, image_size: int = 64, split: str = "train",
@@ -130,7 +134,9 @@ def run_policy_episode(
             captions.append(line)
         try:
             t = time.perf_counter()
-            images = record_frames or not hasattr(controller, "needs_images") or controller.needs_images()
+            images = (
+                True if record_frames or not hasattr(controller, "images_needed") else list(controller.images_needed())
+            )
             obs = _call(sim, "step", episode=episode, action=np.asarray(action, np.float32), images=images)
             record["sim_s"] += time.perf_counter() - t
         except WorkerError as e:

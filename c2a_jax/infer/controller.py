@@ -32,6 +32,7 @@ import numpy as np
 
 from c2a_jax.codeapi.memory import MemoryBuffer
 
+POLICY_IMAGES = ("image", "wrist_image")  # the observation's images a policy may read
 CodeWriterFn = Callable[[np.ndarray, str, Sequence[str], bool], str]
 PolicyFn = Callable[..., np.ndarray]
 
@@ -101,13 +102,16 @@ class HierarchicalController:
             raise ValueError(f"the policy returned an action chunk of shape {chunk.shape}, expected (horizon, dims)")
         return chunk
 
-    def needs_images(self) -> bool:
-        """Whether the next `act` reads the camera images: the code writer reads them every step;
-        the policy only when it draws a chunk. A simulator may skip rendering otherwise (the flat
-        DP's episodes then render one step in `n_action_steps`), with the same actions."""
-        if self.code_writer is not None or self._chunk is None:
-            return True
-        return self._used >= min(self.n_action_steps, len(self._chunk))
+    def images_needed(self) -> tuple[str, ...]:
+        """The observation images the next `act` may read: the code writer reads its camera every
+        step, the policy every camera when it draws a chunk (`POLICY_IMAGES`), nothing otherwise.
+        With `regenerate_on_keystep` any line the code writer writes may draw, so every step may.
+        A simulator may skip rendering the rest (the flat DP's episodes then render one step in
+        `n_action_steps`), with the same actions."""
+        draw = self._chunk is None or self._used >= min(self.n_action_steps, len(self._chunk))
+        if draw or (self.code_writer is not None and self.regenerate_on_keystep):
+            return POLICY_IMAGES
+        return (self.camera,) if self.code_writer is not None else ()
 
     def act(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, StepInfo]:
         """The action for this step (robot units) and what the step did."""

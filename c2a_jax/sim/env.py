@@ -20,6 +20,7 @@ previous sub-step's, predicates read the whole control step's or the last sub-st
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +37,7 @@ from c2a_jax.sim import robot as robot_lib
 
 SIM_FREQ, CONTROL_FREQ = 500, 20
 SETTLE_STEPS = 25
+CAMERAS = ("base_camera", "hand_camera")  # the two cameras of spec 1.9, in observation order
 MAX_EPISODE_STEPS = 1000
 MIN_IMPULSE = 1e-5
 
@@ -272,8 +274,8 @@ class ClevrSkillsEnv(BaseEnv):
         return {body_id(link) for link in self.agent.robot_links}
 
     # --- observations -------------------------------------------------------------------------
-    def render_cameras(self) -> dict[str, np.ndarray]:
-        """RGB uint8 images of both cameras, (H, W, 3)."""
+    def render_cameras(self, uids: Sequence[str] = CAMERAS) -> dict[str, np.ndarray]:
+        """RGB uint8 images of the cameras `uids` (both by default), (H, W, 3)."""
         if "tensorflow" in sys.modules:
             raise RuntimeError(
                 "SAPIEN cannot render in a process that has loaded TensorFlow (lavapipe segfaults there); "
@@ -281,7 +283,7 @@ class ClevrSkillsEnv(BaseEnv):
             )
         self.scene.update_render()
         images = {}
-        for uid in ("base_camera", "hand_camera"):
+        for uid in uids:
             sensor = self._sensors[uid]
             sensor.capture()
             rgb = sensor.get_obs(rgb=True, depth=False, position=False, segmentation=False)["rgb"]
@@ -331,9 +333,10 @@ class ClevrSkillsEnv(BaseEnv):
         parts = [obj.state() for obj in self.task.task_actors()]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
-    def observe(self, images: bool = True) -> dict[str, Any]:
-        """The observation of spec 1.9 as numpy arrays (images only when `images`)."""
+    def observe(self, images: bool | Sequence[str] = True) -> dict[str, Any]:
+        """The observation of spec 1.9 as numpy arrays (images only when `images`: True for both
+        cameras, or the uids of those to render)."""
         obs = {"agent": self.proprioception(), "actors": self.actor_states(), "bboxes": self.bounding_boxes()}
-        if images:
-            obs["images"] = self.render_cameras()
+        if images is True or (images and not isinstance(images, bool)):
+            obs["images"] = self.render_cameras(CAMERAS if images is True else tuple(images))
         return obs
