@@ -104,6 +104,11 @@ def polygon_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(min(_point_segment_distances(a, *_edges(b)).min(), _point_segment_distances(b, *_edges(a)).min()))
 
 
+def within_reach(xy: Sequence[float], reach: tuple[float, float], base_xy: Sequence[float]) -> bool:
+    """Whether a point's horizontal distance from `base_xy` lies in the band `reach` (min, max)."""
+    return reach[0] <= float(np.linalg.norm(np.asarray(xy, np.float64)[:2] - np.asarray(base_xy)[:2])) <= reach[1]
+
+
 def place_actor_randomly_v2(
     rng: np.random.RandomState,
     local_vertices: np.ndarray,
@@ -150,7 +155,7 @@ def place_actor_randomly_v2(
             if distance <= 0.0 or distance < grow_actor_bounds:
                 intersecting = True
                 break
-        in_reach = reach is None or reach[0] <= float(np.linalg.norm(xy - base_xy)) <= reach[1]
+        in_reach = reach is None or within_reach(xy, reach, base_xy)
         score = 2 * (not intersecting) + in_reach + 1
         if score > best_score:
             best, best_score, best_intersecting = xy, score, intersecting

@@ -155,7 +155,7 @@ class Neighbour(AreaTask):
             if not (x0 <= other[0] <= x1 and y0 <= other[1] <= y1):
                 continue
             pair = (xy, other)
-            if not all(self.reach[0] <= np.linalg.norm(p - base) <= self.reach[1] for p in pair):
+            if not all(placement.within_reach(p, self.reach, base) for p in pair):
                 continue
             placed = [r + [p[0], p[1], 0.0] for r, p in zip(rotated, pair, strict=True)]
             if any(self.on_area_edge(v) for v in placed) or all(self.inside(v, self.area).all() for v in placed):
