@@ -1,11 +1,16 @@
 """Simulator speed and oracle success: our ClevrSkills-v0 against ManiSkill3's PickCube-v1.
 
     .venv/bin/python bench/sim.py [--steps 60] [--oracle-seeds 0] [--tasks Pick,PlaceOnTop,...]
+    .venv/bin/python bench/sim.py --skip-speed --oracle-seeds 100 --imaged-seeds 0 --seed-log runs/oracle
 
 Speed: env steps per second with both cameras rendered every step (128x128 and 256x256), and
 PickCube-v1 with its one 128x128 camera in the same run; the ratio compares cost per rendered
 camera (goal: ours <= 1.5x PickCube's). Oracle: success rate over `--oracle-seeds` seeds per task
 and successful demos per core-hour. Prints one JSON object.
+
+A 100-seed oracle run of the long tasks takes hours on two cores; with ``--seed-log DIR`` every
+finished seed is appended to ``DIR/<task>.jsonl`` at once, and a rerun skips the seeds already
+there, so an interrupted run loses at most the episodes in flight.
 """
 
 import argparse
@@ -88,36 +93,94 @@ def pickcube_steps_per_s(steps: int) -> float:
     return rate
 
 
-def oracle(tasks: list[str], seeds: int, imaged: int, workers: int) -> dict:
-    """Success over `seeds` seeds per task (physics only, in parallel workers), and successful demos
-    per core-hour measured on `imaged` seeds recorded with both cameras at 128 px."""
+def read_seed_log(path: str) -> dict[int, dict]:
+    """Seed -> record of a per-seed log; a torn last line (a run killed mid-write) is ignored."""
     import os
+
+    records = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                records[int(record["seed"])] = record
+    return records
+
+
+def append_seed_log(path: str, record: dict) -> None:
+    """One finished seed, flushed to disk before the next one starts (on a line of its own even
+    after a torn last line)."""
+    import os
+
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def seed_record(seed: int, result) -> dict:
+    """A `WorkerPool` result as a log line: success, steps, seconds, or why it failed."""
+    if not result.ok:
+        return {"seed": seed, "success": False, "error": (result.error or "")[:300]}
+    meta = result.result["meta"]
+    return {"seed": seed, "success": bool(meta["success"]), "steps": int(meta["num_steps"]),
+            "seconds": round(float(meta["seconds"]), 1)}  # fmt: skip
+
+
+def oracle(tasks: list[str], seeds: int, imaged: int, workers: int, seed_log: str | None = None) -> dict:
+    """Success over `seeds` seeds per task (physics only, in parallel workers), and successful demos
+    per core-hour measured on `imaged` seeds recorded with both cameras at 128 px. With `seed_log`
+    (a directory) seeds already logged there are not run again."""
+    import os
+
+    from tqdm import tqdm
 
     from c2a_jax.sim.worker import WorkerPool
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if seed_log:
+        os.makedirs(seed_log, exist_ok=True)
     out = {}
     for task in tasks:
+        if task not in TASKS:
+            raise SystemExit(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        log_path = os.path.join(seed_log, f"{task}.jsonl") if seed_log else None
+        records = read_seed_log(log_path) if log_path else {}
+        todo = [s for s in range(seeds) if s not in records]
         name, args = REGISTRY.get(task, task), TASKS[task]
         kwargs = {"task": name, "task_args": args, "image_size": 128, "max_steps": MAX_STEPS.get(task, 500)}
+        core_seconds, imaged_wins = 0.0, 0
         with WorkerPool("c2a_jax.sim.rollout:OracleWorker", kwargs, num_workers=workers,
                         env={"PYTHONPATH": root}) as pool:  # fmt: skip
-            jobs = [{"method": "run_episode", "kwargs": {"seed": s, "images": False}} for s in range(seeds)]
-            results = list(pool.map(jobs))
-            wins = sum(bool(r.ok and r.result["meta"]["success"]) for r in results)
-            failed = sorted(r.index for r in results if not (r.ok and r.result["meta"]["success"]))
-            steps = [r.result["meta"]["num_steps"] for r in results if r.ok and r.result["meta"]["success"]]
-            imaged_jobs = [
-                {"method": "run_episode", "kwargs": {"seed": seeds + s, "images": True}} for s in range(imaged)
-            ]
-            timed = list(pool.map(imaged_jobs))
-            core_seconds = sum(r.result["meta"]["seconds"] for r in timed if r.ok)
-            imaged_wins = sum(bool(r.ok and r.result["meta"]["success"]) for r in timed)
+            jobs = [{"method": "run_episode", "kwargs": {"seed": s, "images": False}} for s in todo]
+            for r in tqdm(pool.map(jobs), total=len(jobs), desc=task, disable=not jobs):
+                record = seed_record(todo[r.index], r)
+                records[record["seed"]] = record
+                if log_path:
+                    append_seed_log(log_path, record)
+            if imaged:
+                imaged_jobs = [
+                    {"method": "run_episode", "kwargs": {"seed": seeds + s, "images": True}} for s in range(imaged)
+                ]
+                timed = list(pool.map(imaged_jobs))
+                core_seconds = sum(r.result["meta"]["seconds"] for r in timed if r.ok)
+                imaged_wins = sum(bool(r.ok and r.result["meta"]["success"]) for r in timed)
+        chosen = [records[s] for s in range(seeds)]
+        steps = [r["steps"] for r in chosen if r["success"]]
         out[task] = {
-            "success_rate": round(wins / seeds, 3),
+            "success_rate": round(sum(r["success"] for r in chosen) / seeds, 3),
+            "successes": sum(r["success"] for r in chosen),
             "seeds": seeds,
             "mean_steps": round(float(np.mean(steps)), 1) if steps else None,
-            "failed_seeds": failed,
+            "failed_seeds": [r["seed"] for r in chosen if not r["success"]],
+            "errors": {r["seed"]: r["error"] for r in chosen if "error" in r},
             "demos_per_core_hour_128px": round(imaged_wins / (core_seconds / 3600), 1) if core_seconds else None,
         }
     return out
@@ -131,6 +194,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--seed-log", default=None, help="directory of per-seed logs <task>.jsonl (resumable)")
     args = ap.parse_args()
     result = {"bench": "sim"}
     if not args.skip_speed:
@@ -139,7 +203,9 @@ def main() -> None:
         peer = pickcube_steps_per_s(args.steps)
         result.update(speed(ours128, ours256, peer))
     if args.oracle_seeds:
-        result["oracle"] = oracle(args.tasks.split(","), args.oracle_seeds, args.imaged_seeds, args.workers)
+        result["oracle"] = oracle(
+            args.tasks.split(","), args.oracle_seeds, args.imaged_seeds, args.workers, args.seed_log
+        )
     print(json.dumps(result, indent=2))
 
 
