@@ -13,6 +13,18 @@ Figure: real (non-pad) tokens per second, median step time over `--steps` after 
 Second figure (``packed_*``): the same examples packed ``--pack`` per row (our pipeline's
 ``images_per_row``; segment ids keep them apart), so that our step skips most of the padding,
 against transformers on the padded batch again (its LLaVA has no packed-sequence attention).
+
+``--paper``: the paper's LLaVA-Phi-3-mini (configs/vlm/llava_phi3_mini.py: CLIP ViT-L/14-336 frozen,
+Phi-3-mini decoder, bfloat16 compute, float32 parameters and AdamW state, remat) from random
+weights, trained by the training loop's own step (`make_train_step`, FSDP mesh over this host's
+devices) on `--paper-batch` pipeline rows of 1024 tokens: tokens/s and MFU with the FLOPs' terms
+(meant for a GPU; issue #6's goal is MFU >= 40%, MaxText's Llama2-7B reaches about 50% on H100).
+Model FLOPs: decoder and projector 6N per token plus attention 12LdT (`TransformerFlops`; every
+row position counts, padding included, as it is computed); the frozen vision tower 2N per patch
+for the layers its feature layer uses, plus its attention. `--paper-layers N` keeps N decoder
+and N vision layers (a smoke run on a small machine; the figure is for the full depth).
+
+    .venv/bin/python bench/vlm_train.py --paper [--paper-batch 8] [--steps 5]
 """
 
 from __future__ import annotations
@@ -124,6 +136,144 @@ def transformers_step(batch: dict, tok, image_size: int, patch_size: int):
     return step
 
 
+def paper_config(layers: int = 0, batch: int = 8, overrides: dict | None = None):
+    """configs/vlm/llava_phi3_mini.py with `batch` rows, the tiny tokenizer (ids fit Phi-3's
+    vocabulary; throughput does not depend on the text), optionally `layers` deep, and any
+    ``{"section.key": value}`` overrides (tests shrink the widths)."""
+    from c2a_jax.config import load_config_file
+    from c2a_jax.data import tokenizer as tokenizer_lib
+    from c2a_jax.train.loop import with_defaults
+
+    config = load_config_file(os.path.join(ROOT, "configs", "vlm", "llava_phi3_mini.py"))
+    config.data.tokenizer = tokenizer_lib.TINY
+    config.data.dataset_dir = "(synthetic episodes)"
+    config = with_defaults(config)
+    config.train.batch_size = batch
+    config.data.template = "plain"
+    if layers:
+        config.model.text_layers = layers
+        config.model.vision_layers = layers
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        config[section][name] = value
+    return config
+
+
+def paper_flops(llava, params, rows: int, seq_len: int, frozen_vision: bool) -> dict:
+    """Model FLOPs of one training step, by term (see the module docstring)."""
+    from flax import nnx
+
+    from c2a_jax.train.metrics import TransformerFlops, matmul_param_count
+
+    flat = {"/".join(str(k) for k in path): leaf for path, leaf in nnx.to_flat_state(params)}
+    vision = {k: v for k, v in flat.items() if k.startswith("vision_tower/")}
+    vision_n = matmul_param_count({k: v.get_value() for k, v in vision.items()})
+    total_n = matmul_param_count({k: v.get_value() for k, v in flat.items()})
+    v, t = llava.vision, llava.text
+    used = [i % (v.num_hidden_layers + 1) for i in llava.feature_layers]  # hidden state i = after i layers
+    layers_used = max(used)
+    patches = (v.image_size // v.patch_size) ** 2 + 1  # + class token
+    per_layer = vision_n / max(v.num_hidden_layers, 1)  # the patch embedding is small beside a layer
+    passes = 2.0 if frozen_vision else 6.0
+    vision_dense = passes * per_layer * layers_used * patches * rows
+    vision_attention = passes * 2.0 * layers_used * v.hidden_size * patches * patches * rows
+    text = TransformerFlops(params=total_n - vision_n, layers=t.num_hidden_layers, width=t.hidden_size,
+                            seq_len=seq_len)  # fmt: skip
+    decoder = text.per_token * rows * seq_len
+    return {
+        "decoder_projector_per_token": text.terms(),
+        "decoder_projector": decoder,
+        "vision_dense": vision_dense,
+        "vision_attention": vision_attention,
+        "per_step": decoder + vision_dense + vision_attention,
+        "params_decoder_projector": total_n - vision_n,
+        "params_vision_tower": vision_n,
+        "vision_layers_run": layers_used,
+    }
+
+
+def paper(batch: int, steps: int, layers: int = 0, overrides: dict | None = None) -> dict:
+    """Tokens/s and MFU of the paper-size LLaVA's training step on this host's devices."""
+    import jax
+    from flax import nnx
+
+    from c2a_jax.data import tokenizer as tokenizer_lib
+    from c2a_jax.data import vlm
+    from c2a_jax.data.synthetic import make_episode
+    from c2a_jax.models.llava import LlavaForConditionalGeneration
+    from c2a_jax.parallel import distributed
+    from c2a_jax.parallel import rules as rules_lib
+    from c2a_jax.parallel.mesh import make_mesh
+    from c2a_jax.train.ema import EmaConfig
+    from c2a_jax.train.loop import _setup
+    from c2a_jax.train.metrics import peak_flops_per_device
+    from c2a_jax.train.step import batch_shardings, jit_train_step, make_train_step
+    from c2a_jax.train.vlm_loss import make_loss_fn
+    from c2a_jax.train.vlm_task import example_config, llava_config, vlm_tokenizer
+
+    config = paper_config(layers, batch, overrides)
+    tokenizer = tokenizer_lib.load_tokenizer(str(config.data.tokenizer))
+    llava = llava_config(config.model, int(config.data.image_size), tokenizer)
+    tok = vlm_tokenizer(config, llava, tokenizer)
+    episodes = [make_episode(size=int(config.data.image_size), key=f"bench/paper/{i}") for i in range(2)]
+    rng = np.random.default_rng(0)
+    examples = [e for episode in episodes
+                for e in vlm.episode_examples(episode, example_config(config.data), rng, ["green star", "red cube"])]  # fmt: skip
+    rows = list(vlm.pack_rows([tok(examples[i % len(examples)]) for i in range(batch)], tok.max_length, 1,
+                              tokenizer.pad_id))  # fmt: skip
+    host_batch = {k: v for k, v in vlm.stack_rows(rows).items() if k != "num_images"}
+
+    def model_fn(rngs):
+        return LlavaForConditionalGeneration(llava, rngs=rngs)
+
+    mesh = make_mesh(config.mesh)
+    rules = rules_lib.normalize_rules(config.sharding.rules)
+    optimizer, init_fn, graphdef, key, abstract, shardings = _setup(config, model_fn, mesh)
+    state = jax.jit(init_fn, out_shardings=shardings)(key)
+    batch_sh = batch_shardings(host_batch, distributed.batch_sharding(mesh, rules))
+    step = make_train_step(graphdef, make_loss_fn(str(config.model.prefix_attention)), optimizer,
+                           batch_sharding=distributed.batch_sharding(mesh, rules),
+                           ema=EmaConfig.from_config(config.train))  # fmt: skip
+    step_fn = jit_train_step(step, shardings, batch_sh)
+    device_batch = jax.device_put(host_batch, batch_sh)
+    start = time.perf_counter()
+    state, metrics = step_fn(state, device_batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = step_fn(state, device_batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    frozen = any(p.startswith("vision_tower") for p in config.train.freeze)
+    flops = paper_flops(llava, nnx.state(abstract.params), batch, tok.max_length, frozen)
+    peak = peak_flops_per_device()
+    devices = jax.device_count()
+    achieved = flops["per_step"] / step_s
+    return {
+        "model": "LLaVA-Phi-3-mini (configs/vlm/llava_phi3_mini.py), random weights",
+        "device": jax.devices()[0].device_kind,
+        "devices": devices,
+        "rows": batch,
+        "seq_len": tok.max_length,
+        "real_tokens_per_step": int(host_batch["input_mask"].sum()),
+        "compile_and_first_step_s": round(compile_s, 1),
+        "step_ms": round(step_s * 1e3, 1),
+        "tokens_per_s": round(batch * tok.max_length / step_s, 1),
+        "tokens_per_s_per_device": round(batch * tok.max_length / step_s / devices, 1),
+        "model_flops_per_s": achieved,
+        "peak_flops_per_device": peak,
+        "mfu": round(achieved / (peak * devices), 4) if peak else None,
+        "flops": flops,
+        "loss": float(metrics["loss"]),
+        "dtype": str(config.model.dtype),
+        "remat": bool(config.model.remat),
+        "reference": "issue #6 goal: MFU >= 0.40; MaxText Llama2-7B on H100: about 0.50 (published, not this run)",
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=16)
@@ -132,7 +282,14 @@ def main(argv=None) -> int:
     ap.add_argument("--patch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--pack", type=int, default=4, help="images per row of the packed variant (ours only)")
+    ap.add_argument("--paper", action="store_true", help="the paper-size LLaVA on this host's devices (GPU)")
+    ap.add_argument("--paper-batch", type=int, default=8, help="rows of 1024 tokens per step (--paper)")
+    ap.add_argument("--paper-layers", type=int, default=0, help="decoder and vision layers (--paper; 0: all)")
     args = ap.parse_args(argv)
+    if args.paper:
+        print(json.dumps({"bench": "vlm_train_paper", **paper(args.paper_batch, args.steps, args.paper_layers),
+                          "config": vars(args)}, indent=2))  # fmt: skip
+        return 0
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
     real = int(batch["input_mask"].sum())

@@ -81,3 +81,44 @@ def test_tiny_vlm_overfits_twenty_code_examples(tmp_path):
     assert isinstance(restored, nnx.Module)
     assert vlm_task.exact_match(restored, tok, examples, max_new_tokens=96)["exact_match"] == 1.0
     assert items["config"]["train"]["steps"] == 250
+
+
+def test_remat_with_a_frozen_vision_tower_matches_the_plain_step():
+    """The paper's recipe (vision tower frozen) with remat in both towers: the frozen tower's
+    parameters are closed over by the gradient of the trainable ones, which nnx.remat refused
+    (TraceContextError); the step must run and equal the step without remat."""
+    import jax
+
+    from c2a_jax.train.optimizer import make_optimizer
+    from c2a_jax.train.state import init_fn_for, seed_key
+    from c2a_jax.train.step import make_train_step
+
+    tok = tokenizer_lib.load_tokenizer(tokenizer_lib.TINY)
+    vt_examples = twenty_examples()[:4]
+    train_cfg = ml_collections.ConfigDict(
+        dict(learning_rate=1e-2, warmup_steps=0, steps=2, freeze=("vision_tower/.*",))
+    )
+    results = []
+    for remat in (False, True):
+        model_cfg = ml_collections.ConfigDict(dict(vision_width=32, vision_layers=3, vision_heads=2, patch_size=8,
+                                                   text_width=64, text_layers=2, text_heads=4, text_kv_heads=2,
+                                                   mlp_ratio=2, dtype="float32", remat=remat))  # fmt: skip
+        llava = vlm_task.llava_config(model_cfg, 32, tok)
+        vt = vlm.VlmTokenizer(tok, llava.image_tokens, 128)
+        batch = vlm.stack_rows(list(vlm.pack_rows([vt(e) for e in vt_examples], 128, 1, tok.pad_id)))
+        batch = {k: v for k, v in batch.items() if k != "num_images"}
+        optimizer = make_optimizer(train_cfg)
+        init_fn, graphdef = init_fn_for(lambda rngs, c=llava: LlavaForConditionalGeneration(c, rngs=rngs), optimizer)
+        state = init_fn(seed_key(0))
+        step = jax.jit(make_train_step(graphdef, make_loss_fn("full"), optimizer))
+        losses = []
+        for _ in range(2):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+        results.append((losses, state.params))
+    (plain_losses, plain), (remat_losses, rematted) = results
+    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
+    flat_plain, flat_remat = dict(nnx.to_flat_state(plain)), dict(nnx.to_flat_state(rematted))
+    assert flat_plain.keys() == flat_remat.keys()
+    for path, var in flat_plain.items():
+        np.testing.assert_allclose(flat_remat[path].get_value(), var.get_value(), atol=1e-5, err_msg=str(path))

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from c2a_jax.models.layers import dense
+from c2a_jax.models.layers import dense, remat
 
 # transformers' CLIPVisionConfig defaults (ViT-B/32); a config.json written as a diff against the
 # defaults (old CLIP and LLaVA checkpoints) omits exactly these keys.
@@ -378,8 +378,7 @@ class ClipVisionModel(nnx.Module):
         c = self.config
         apply = _run_layer
         if c.remat:
-            policy = getattr(jax.checkpoint_policies, c.remat_policy) if c.remat_policy else None
-            apply = nnx.remat(_run_layer, policy=policy)
+            apply = remat(_run_layer, c.remat_policy)
         states = [self.pre_layrnorm(self.embeddings(pixel_values, channels_last))]
         for layer in list(self.layers)[:depth]:
             states.append(apply(layer, states[-1]))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from c2a_jax.models.layers import dense
+from c2a_jax.models.layers import dense, remat
 from c2a_jax.models.lora import LORA_TARGETS
 
 # transformers' Phi-3 maps the legacy names "su" and "yarn" onto longrope (configuration_phi3.py).
@@ -50,7 +50,7 @@ class Phi3Config:
     """Phi-3 architecture (transformers' ``Phi3Config`` fields) plus our compute options.
 
     ``dtype`` is the compute dtype (activations, matmul inputs, KV cache); parameters are stored in
-    ``param_dtype`` (float32 unless given). ``remat`` wraps every decoder block in ``nnx.remat``
+    ``param_dtype`` (float32 unless given). ``remat`` wraps every decoder block in `layers.remat` (``jax.checkpoint``)
     (``remat_policy`` names a ``jax.checkpoint_policies`` member; None saves nothing).
 
     ``lora_rank`` > 0 adds low-rank adapters (Hu et al. 2021) to the decoder projections named in
@@ -631,8 +631,7 @@ class Phi3ForCausalLM(nnx.Module):
         cos, sin = rope_cos_sin(c, inputs.positions, c.dtype)
         run = _run_layer
         if c.remat:
-            policy = getattr(jax.checkpoint_policies, c.remat_policy) if c.remat_policy else None
-            run = nnx.remat(_run_layer, policy=policy)
+            run = remat(_run_layer, c.remat_policy)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
