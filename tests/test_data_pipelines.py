@@ -179,6 +179,28 @@ def test_packing_keeps_examples_apart(tiny):
     assert r["target_mask"].sum() == sum(int(e.mask_loss.sum()) for e in examples[:3])
 
 
+def test_first_fit_packing_fills_rows_that_greedy_packing_leaves_short():
+    """Sizes 150, 120, 100, 50, 60 in rows of 256: greedy (arrival order) needs 3 rows, first fit 2;
+    every example lands once, in a row within the length and the images per row."""
+    image = np.zeros((2, 2, 3), np.uint8)
+    sizes = [150, 120, 100, 50, 60]
+    examples = [
+        vlm.TokenizedExample(np.full(n, i + 1, np.int32), np.ones(n, bool), np.ones(n, bool), image, 0)
+        for i, n in enumerate(sizes)
+    ]
+    greedy = list(vlm.pack_rows(examples, 256, 4, 0, open_rows=1))
+    first_fit = list(vlm.pack_rows(examples, 256, 4, 0))
+    assert len(greedy) == 3 and len(first_fit) == 2
+    for rows in (greedy, first_fit):
+        seen = sorted(int(t) for r in rows for t in np.unique(r["tokens"][r["input_mask"]]))
+        assert seen == [1, 2, 3, 4, 5]
+        assert all(int(r["input_mask"].sum()) <= 256 and int(r["num_images"]) <= 4 for r in rows)
+    assert [int(r["num_images"]) for r in vlm.pack_rows(examples, 256, 2, 0)] == [2, 2, 1]
+    assert len(list(vlm.pack_rows(examples, 256, 1, 0))) == 5  # padding: one example per row
+    with pytest.raises(ValueError, match="open_rows"):
+        list(vlm.pack_rows(examples, 256, 4, 0, open_rows=0))
+
+
 def test_vlm_batches_stream(tiny):
     episodes = [make_episode(key=f"ds/{i}") for i in range(3)]
     counters = vlm.PipelineCounters()

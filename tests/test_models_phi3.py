@@ -356,3 +356,42 @@ def test_every_param_has_logical_axes(hf_models, variant):
         assert set(axes) <= set(LOGICAL_AXES), path
         name = next(p for p in reversed(path) if p in expected)
         assert tuple(axes) == expected[name], path
+
+
+def test_causal_block_skipping_matches_transformers_with_packed_segments(hf_models):
+    """``causal_mask=True`` (attention in 4 query blocks of 32, nothing above the diagonal computed)
+    on two rows: one packed with three causal segments, one right-padded; logits of the real tokens
+    equal transformers' with the same (B, 1, T, T) mask, and the unblocked path's."""
+    from c2a_jax.models.phi3 import causal_chunks_for
+
+    hf, directory = hf_models("gqa")
+    _, model = load_phi3(directory)
+    length = 128
+    assert causal_chunks_for(length) == 4 and causal_chunks_for(96) == 2 and causal_chunks_for(12) == 1
+    ids = np.random.RandomState(3).randint(3, VOCAB, (2, length))
+    segments = np.zeros((2, length), np.int64)
+    segments[0, :50], segments[0, 50:90], segments[0, 90:120] = 1, 2, 3  # 8 pads at the end
+    segments[1, :77] = 1
+    real = segments > 0
+    positions = np.zeros((2, length), np.int64)
+    for row in range(2):
+        for seg in (1, 2, 3):
+            where = segments[row] == seg
+            positions[row, where] = np.arange(where.sum())
+    q, k = np.arange(length)[:, None], np.arange(length)[None, :]
+    full = (segments[:, :, None] == segments[:, None, :]) & real[:, None, :] & (k <= q)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(full[:, None]),
+                 position_ids=torch.tensor(positions)).logits.numpy()  # fmt: skip
+
+    @nnx.jit(static_argnums=4)
+    def forward(model, ids, mask, positions, causal):
+        return model(jnp.asarray(ids), attention_mask=mask, positions=positions, causal_mask=causal)[0]
+
+    blocked = forward(model, ids, jnp.asarray(full), jnp.asarray(positions), True)
+    plain = forward(model, ids, jnp.asarray(full), jnp.asarray(positions), False)
+    np.testing.assert_allclose(blocked[real], ref[real], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(blocked[real], plain[real], atol=1e-5, rtol=0)
+    text = str(jax.make_jaxpr(lambda i, m, p: model(i, attention_mask=m, positions=p, causal_mask=True)[0])(
+        jnp.asarray(ids), jnp.asarray(full), jnp.asarray(positions)))  # fmt: skip
+    assert "32,32" in text.replace(" ", "") and "32,128" in text.replace(" ", "")  # the first and last blocks

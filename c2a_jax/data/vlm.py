@@ -255,23 +255,46 @@ def _row(examples: Sequence[TokenizedExample], length: int, images_per_row: int,
     }
 
 
+PACK_OPEN_ROWS = 8  # rows that first-fit packing keeps open (1: greedy in arrival order)
+
+
 def pack_rows(
-    examples: Iterable[TokenizedExample], length: int, images_per_row: int, pad_id: int
+    examples: Iterable[TokenizedExample],
+    length: int,
+    images_per_row: int,
+    pad_id: int,
+    open_rows: int = PACK_OPEN_ROWS,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Rows of `length` tokens, greedily filled in arrival order (no example is split): with
-    ``images_per_row == 1`` this is plain padding, one example per row."""
-    current: list[TokenizedExample] = []
-    used = 0
+    """Rows of `length` tokens (no example is split), packed first-fit: each example goes into the
+    first of up to `open_rows` open rows with room for its tokens and its image. A row is emitted
+    as soon as it holds `images_per_row` examples, or, when an example fits no open row and
+    `open_rows` are open, the fullest one goes. With ``images_per_row == 1`` this is plain padding,
+    one example per row in arrival order; ``open_rows=1`` is greedy packing in arrival order (on
+    the benchmark's 16 examples first fit needs 7 rows of 256 where greedy needs 8)."""
+    if open_rows < 1:
+        raise ValueError(f"open_rows must be >= 1, got {open_rows}")
+    rows: list[list[TokenizedExample]] = []
+    used: list[int] = []
     for ex in examples:
-        if len(ex.tokens) > length:
-            raise ExampleTooLong(f"example of {len(ex.tokens)} tokens > row length {length}")
-        if current and (used + len(ex.tokens) > length or len(current) == images_per_row):
-            yield _row(current, length, images_per_row, pad_id)
-            current, used = [], 0
-        current.append(ex)
-        used += len(ex.tokens)
-    if current:
-        yield _row(current, length, images_per_row, pad_id)
+        n = len(ex.tokens)
+        if n > length:
+            raise ExampleTooLong(f"example of {n} tokens > row length {length}")
+        i = next((i for i in range(len(rows)) if used[i] + n <= length), None)
+        if i is None:
+            if len(rows) == open_rows:
+                full = max(range(len(rows)), key=used.__getitem__)
+                yield _row(rows.pop(full), length, images_per_row, pad_id)
+                used.pop(full)
+            rows.append([])
+            used.append(0)
+            i = len(rows) - 1
+        rows[i].append(ex)
+        used[i] += n
+        if len(rows[i]) == images_per_row:
+            yield _row(rows.pop(i), length, images_per_row, pad_id)
+            used.pop(i)
+    for row in rows:
+        yield _row(row, length, images_per_row, pad_id)
 
 
 def stack_rows(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

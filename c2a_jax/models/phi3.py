@@ -24,6 +24,7 @@ transformers' ``generate`` additionally re-runs the whole sequence when it first
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -314,12 +315,41 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, scale: float | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    scale: float | None = None,
+    causal_chunks: int = 1,
 ) -> jax.Array:
     """Grouped-query attention: q (B, T, H, D), k and v (B, S, K, D) with H a multiple of K; query head h uses
     key/value head h // (H // K) (transformers' repeat_kv order). `mask` is boolean (B, T, S), True = visible.
 
-    Logits and softmax are float32; a query that sees no key gets the mean of v (no NaN)."""
+    Logits and softmax are float32; a query that sees no key gets the mean of the keys' v (no NaN).
+    ``causal_chunks > 1`` (T == S, T divisible by it, and a mask that hides every later key) splits the
+    queries into that many blocks, each attending only to the keys up to its end: the blocks above
+    the diagonal are never computed (4 blocks: 37.5% fewer attention FLOPs). Visible keys give the
+    same result; a query that sees no key averages over its block's keys instead."""
+    t, s = q.shape[1], k.shape[1]
+    if causal_chunks > 1 and t == s and t % causal_chunks == 0 and mask is not None:
+        c = t // causal_chunks
+        return jnp.concatenate(
+            [_attention(q[:, i * c : (i + 1) * c], k[:, : (i + 1) * c], v[:, : (i + 1) * c],
+                        mask[:, i * c : (i + 1) * c, : (i + 1) * c], scale)
+             for i in range(causal_chunks)],
+            axis=1,
+        )  # fmt: skip
+    return _attention(q, k, v, mask, scale)
+
+
+def causal_chunks_for(length: int) -> int:
+    """Query blocks for causal attention over `length` tokens: 4 when blocks of >= 32 tokens result
+    (shorter blocks cost more in overhead than they save), else 2, else 1."""
+    return next((n for n in (4, 2) if length % n == 0 and length // n >= 32), 1)
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float | None) -> jax.Array:
     b, t, h, d = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
     g = h // kv_heads
@@ -521,9 +551,10 @@ class Phi3Attention(nnx.Module):
         )
         self.o_proj = Dense(heads_dim, config.hidden_size, ("heads", "embed"), config, rngs=rngs, name="o_proj")
 
-    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None, causal_chunks=1):
         """x (B, T, E) -> (B, T, E); with `kv` (k, v cache arrays of one layer) the new keys/values are written at
-        slot `write_index` and attention runs over all cache slots. Returns (output, updated kv or None)."""
+        slot `write_index` and attention runs over all cache slots. Returns (output, updated kv or None).
+        `causal_chunks`: see `dot_product_attention` (the mask must be causal)."""
         c = self.config
         b, t, _ = x.shape
         qs, ks = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
@@ -538,7 +569,7 @@ class Phi3Attention(nnx.Module):
             v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
             kv = (k_cache, v_cache)
             k, v = k_cache.astype(c.dtype), v_cache.astype(c.dtype)
-        out = dot_product_attention(q, k, v, mask, scale=c.head_dim**-0.5)
+        out = dot_product_attention(q, k, v, mask, scale=c.head_dim**-0.5, causal_chunks=causal_chunks)
         return self.o_proj(out.reshape(b, t, qs)), kv
 
 
@@ -568,16 +599,16 @@ class Phi3DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config, rngs=rngs)
         self.mlp = Phi3MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None, causal_chunks=1):
         """One block; returns (hidden states, updated kv or None)."""
-        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, write_index)
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, write_index, causal_chunks)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
 
 
-def _run_layer(layer, x, cos, sin, mask, kv, write_index):
-    return layer(x, cos, sin, mask, kv, write_index)
+def _run_layer(layer, x, cos, sin, mask, kv, write_index, causal_chunks=1):
+    return layer(x, cos, sin, mask, kv, write_index, causal_chunks)
 
 
 class Phi3ForCausalLM(nnx.Module):
@@ -611,6 +642,7 @@ class Phi3ForCausalLM(nnx.Module):
         positions: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        causal_mask: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits (B, T, vocab) in float32 and the updated cache (None without one).
 
@@ -618,7 +650,9 @@ class Phi3ForCausalLM(nnx.Module):
         see `attention_inputs` (with a cache, a (B, T) mask covers the new tokens only and a full mask is
         (B, T, max_len) over cache slots). With `cache`, the T tokens are written at slots
         ``[cache.length, cache.length + T)``; the caller sizes the cache (an overflow raises when the length is
-        concrete; under jit it cannot be checked)."""
+        concrete; under jit it cannot be checked). ``causal_mask=True`` promises that no token sees a later
+        one (causal training, packed or not): attention then skips the blocks above the diagonal
+        (`causal_chunks_for`); outputs at tokens that see nothing (padding) may differ, no other."""
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Phi3ForCausalLM: give exactly one of input_ids or inputs_embeds")
@@ -629,9 +663,9 @@ class Phi3ForCausalLM(nnx.Module):
                 raise ValueError(f"KV cache overflow: {int(cache.length)} + {t} tokens > max_len {cache.max_len}")
         inputs = attention_inputs(c, b, t, attention_mask, positions, cache)
         cos, sin = rope_cos_sin(c, inputs.positions, c.dtype)
-        run = _run_layer
-        if c.remat:
-            run = remat(_run_layer, c.remat_policy)
+        chunks = causal_chunks_for(t) if causal_mask and cache is None else 1
+        layer_fn = functools.partial(_run_layer, causal_chunks=chunks)
+        run = remat(layer_fn, c.remat_policy) if c.remat else layer_fn
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])

@@ -31,7 +31,8 @@ def batch_attention_mask(batch: Mapping[str, jax.Array], prefix_attention: str =
 def vlm_loss(model, batch: Mapping[str, jax.Array], prefix_attention: str = "full") -> tuple[jax.Array, dict]:
     """Mean cross-entropy over answer tokens, and metrics (token accuracy, loss tokens)."""
     mask = batch_attention_mask(batch, prefix_attention)
-    logits, _ = model(batch["tokens"], batch["images"], attention_mask=mask, positions=batch["positions"])
+    logits, _ = model(batch["tokens"], batch["images"], attention_mask=mask, positions=batch["positions"],
+                      causal_mask=prefix_attention == "causal")  # fmt: skip
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
     weight = batch["target_mask"].astype(jnp.float32)
