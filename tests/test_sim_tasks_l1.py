@@ -66,14 +66,25 @@ def keysteps(meta, level="level1"):
     return [lab[level] for lab in meta["labels"] if lab[f"{level}_keystep"]]
 
 
-def rollout(env, seed):
-    episode = record_oracle_episode(env, seed=seed, max_steps=1000, images=False)
+def rollout(env, seed, max_steps=1000):
+    """The oracle on one seed; its episode meta. It must succeed and every label must parse."""
+    episode = record_oracle_episode(env, seed=seed, max_steps=max_steps, images=False)
     meta = episode["meta"]
     assert meta["success"], (meta["natural_prompts"][0], keysteps(meta))
     for lab in meta["labels"]:  # every label is valid code at its level
         parse(lab["level1"], "level1")
         parse(lab["fine"], "fine")
     return meta
+
+
+def solve(task, seed, max_steps=600, **task_args):
+    """`rollout` in a fresh environment: (task, meta, level-1 key-steps, the final evaluation)."""
+    env = make(task, **task_args)
+    try:
+        meta = rollout(env, seed, max_steps)
+        return env.task, meta, keysteps(meta), env.task.evaluate()
+    finally:
+        env.close()
 
 
 @pytest.mark.parametrize("task", ["SingleStack", "ReverseStack", "StackTopple"])

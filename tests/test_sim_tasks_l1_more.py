@@ -8,31 +8,15 @@ import re
 
 import pytest
 
-from c2a_jax.codeapi import parse
-from c2a_jax.sim.rollout import record_oracle_episode
-from tests.test_sim_tasks_l1 import keysteps, make
+from tests.test_sim_tasks_l1 import make, solve
 
 PMP = "pick_move3d_place(actor=get_actor('{}'), target_actor=get_actor('{}'))"
-
-
-def solve(task, seed, max_steps=600, **task_args):
-    """Run the oracle on one seed; (task, episode meta, level-1 key-steps). Every label must parse."""
-    env = make(task, **task_args)
-    try:
-        meta = record_oracle_episode(env, seed=seed, max_steps=max_steps, images=False)["meta"]
-        assert meta["success"], (meta["natural_prompts"][0], keysteps(meta))
-        for lab in meta["labels"]:
-            parse(lab["level1"], "level1")
-            parse(lab["fine"], "fine")
-        return env.task, meta, keysteps(meta)
-    finally:
-        env.close()
 
 
 @pytest.mark.parametrize("restore", [False, True])
 def test_follow_order_visits_the_areas_in_order(restore):
     args = {"num_areas": 2, "num_predicates": 2, "restore": True} if restore else {}
-    task, meta, code = solve("FollowOrder", 1, **args)
+    task, meta, code, _ = solve("FollowOrder", 1, **args)
     visited = task.areas[1 : 1 + task.num_predicates] + (task.areas[:1] if restore else [])
     assert code == [PMP.format(task.actor.name, a.name) for a in visited] + ["done()"]
     suffix = " and then restore" if restore else ""
@@ -51,7 +35,7 @@ def test_follow_order_visits_the_areas_in_order(restore):
 
 @pytest.mark.parametrize("task,seed", [("Neighbour", 0), ("Sort2d", 0)])
 def test_area_tasks_put_every_object_in_its_area(task, seed):
-    t, meta, code = solve(task, seed)
+    t, meta, code, _ = solve(task, seed)
     pairs = (
         [(t.actor, t.area), (t.neighbour, t.area)]
         if task == "Neighbour"
@@ -107,7 +91,7 @@ def test_area_task_objects_start_in_reach_off_area_edges_and_off_their_target(ta
 
 
 def test_rotate_symmetry_turns_both_identically_coloured_objects():
-    task, meta, code = solve("RotateSymmetry", 0)
+    task, meta, code, _ = solve("RotateSymmetry", 0)
     a, b = task.actor_a, task.actor_b
     assert a.spec.colour == b.spec.colour and a is not b
     d = task.signed_degrees
@@ -123,7 +107,7 @@ def test_rotate_symmetry_turns_both_identically_coloured_objects():
 
 
 def test_swap_rotate_code_reads_the_stored_poses():
-    task, meta, code = solve("SwapRotate", 0, max_steps=1000)
+    task, meta, code, _ = solve("SwapRotate", 0, max_steps=1000)
     a, b, d = task.actor_a.name, task.actor_b.name, task.signed_degrees
     assert code[1] == (
         f"target_pose = rotate_z(Pose(pose_dict['{a}'].p, pose_dict['{b}'].q), {d})\n"
@@ -138,7 +122,7 @@ def test_swap_rotate_code_reads_the_stored_poses():
 def test_swap_by_pushing_swaps_along_planned_paths():
     """Seed 0: the third push (A into B's old place) once shoved B, or stalled; the pushed object now
     goes around the other one (c2a_jax.sim.push_path)."""
-    task, meta, code = solve("Swap", 0, max_steps=400, push=True)
+    task, meta, code, _ = solve("Swap", 0, max_steps=400, push=True)
     a, b = task.actor_a.name, task.actor_b.name
     assert meta["natural_prompts"][0] == f"Swap positions of the {a} and the {b} by pushing"
     assert code == [

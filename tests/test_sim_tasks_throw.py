@@ -8,26 +8,9 @@ import numpy as np
 import pytest
 import sapien
 
-from c2a_jax.codeapi import parse
 from c2a_jax.sim import predicates as P
 from c2a_jax.sim.executor import Executor
-from c2a_jax.sim.rollout import record_oracle_episode
-from tests.test_sim_tasks_l1 import keysteps, make
-
-
-def solve(task, seed, max_steps, **task_args):
-    """The oracle on one seed: (task, meta, level-1 key-steps, the final evaluation)."""
-    env = make(task, **task_args)
-    try:
-        meta = record_oracle_episode(env, seed=seed, max_steps=max_steps, images=False)["meta"]
-        assert meta["success"], (meta["natural_prompts"][0], keysteps(meta))
-        for lab in meta["labels"]:
-            parse(lab["level1"], "level1")
-            parse(lab["fine"], "fine")
-        return env.task, meta, keysteps(meta), env.task.evaluate()
-    finally:
-        env.close()
-
+from tests.test_sim_tasks_l1 import make, solve
 
 AT = {"spawn_at_gripper": True, "target_2d": False}
 
