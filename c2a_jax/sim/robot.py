@@ -46,6 +46,11 @@ CUP_BOTTOM = 0.1265  # cup faces 0.5 mm beyond the TCP: a spawned object (top 0.
 
 # Vacuum constants (spec 1.5).
 SUCTION_FORCE_PER_CUP = 20.0
+# Ours, not the source's: the pull on an object is capped at this acceleration times its mass. The
+# source's 100 N on a 10 g object (NovelAdjective's x0.3) is 10,000 m/s^2: the contact solver
+# cannot hold it still, it spins in the cup and is flung. 700 m/s^2 leaves every default-size object
+# (the lightest, the 0.19 kg star: 131 N) and the throws (0.15 kg: 102 N) at the source's 100 N.
+SUCTION_MAX_ACCEL = 700.0
 MIN_IMPULSE = 1e-5
 
 # Controller constants (spec 1.4.1 drives, 1.6 bounds).
@@ -359,11 +364,20 @@ class VacuumController(BaseController):
                     if len(per_body[oid]) != n:
                         continue
                     grasped[oid] = other
-                    f = (force * axis).astype(np.float32)
+                    f = (self._capped(force, other) * axis).astype(np.float32)
                     self.cups[cup].add_force_at_point(f, point.astype(np.float32))
                     if hasattr(other, "add_force_at_point") and not getattr(other, "kinematic", False):
                         other.add_force_at_point(-f, point.astype(np.float32))
         self.grasping = list(grasped.values())
+
+    def _capped(self, force: float, body) -> float:
+        """`force` per cup, scaled down so that the total pull (5 cups' worth) accelerates `body`
+        by at most `SUCTION_MAX_ACCEL` (kinematic and static bodies: unchanged)."""
+        mass = float(getattr(body, "mass", 0.0) or 0.0)
+        if mass <= 0.0 or getattr(body, "kinematic", False):
+            return force
+        total = SUCTION_FORCE_PER_CUP * len(self.cups)
+        return force * min(1.0, SUCTION_MAX_ACCEL * mass / total)
 
 
 @dataclasses.dataclass

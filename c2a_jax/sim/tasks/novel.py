@@ -27,6 +27,7 @@ from c2a_jax.sim.tasks.place import PlaceOnTop
 NOUNS = ("dax", "blicket", "wug", "zup")
 ADJECTIVES = ("daxer", "blicker", "modier", "kobar")
 SCALES = (0.3, 0.5, 0.75, 1.5)  # the scaled example's size relative to its twin
+ACTOR_CLEARANCE = 0.04  # m between the footprints of the main object, its twin and the area
 PARKED_Z = -1000.0
 
 
@@ -89,6 +90,9 @@ class NovelAdjective(PlaceOnTop):
 
     pools = "NovelAdjective"
     nouns = False
+    # Ours (Task.reach): start the object, its twin and the area where the Panda reaches down to an
+    # x0.3 object's top (1.5 cm); the source's placement put a third of them out of its reach.
+    reach = (0.36, 0.68)
 
     def __init__(self, env, rng, split="train", sample_num_actors: bool = True, variant: int = 0, **kw):
         super().__init__(env, rng, split, num_actors=3, num_areas=1, spawn_at_gripper=False, **kw)
@@ -111,8 +115,10 @@ class NovelAdjective(PlaceOnTop):
                          for c, s in pairs[:-1]]  # fmt: skip
         self.actor, self.twin = self.add_object(*pairs[-1], size=small), self.add_object(*pairs[-1])
         self.actor_bare = self.add_object(None, shapes[-1], static=True)
+        # Ours: the main object and its twin keep ACTOR_CLEARANCE from everything placed, or the
+        # vacuum head (6 x 7.4 cm) rests on the area or the twin above a small object's top
         for o in (self.actor, self.twin):
-            self.place_randomly(o)
+            self.place_randomly(o, grow=ACTOR_CLEARANCE)
         parked = [o for pair in self.examples for o in pair] + [self.actor_bare, self.area_bare]
         for k, o in enumerate(parked):  # out of the scene
             self.place(o, sapien.Pose([0.5 * k, 0.0, PARKED_Z]))
