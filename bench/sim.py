@@ -28,6 +28,7 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "Topple": {"topple": True},
     "Push-away": {"push": True},
     "Rotate": {"num_actors": 3},
+    "Rotate-restore": {"num_actors": 3, "restore": True},
     "Push": {},
     "SingleStack": {"num_actors": 4},
     "ReverseStack": {"num_actors": 4},
@@ -53,12 +54,12 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
 }
 # Bench names that are another registry task with arguments.
 REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap",
-            "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
+            "Rotate-restore": "Rotate", "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
-    ("SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective", "NovelNounAdjective", "Swap",
-     "SwapMarkovian", "FollowOrder", "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush",
-     "SwapRotate", "ThrowAndSort", "BalanceScale", "SortStack"),
+    ("Rotate-restore", "SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective",
+     "NovelNounAdjective", "Swap", "SwapMarkovian", "FollowOrder", "FollowOrder-restore", "Neighbour", "Sort2d",
+     "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort", "BalanceScale", "SortStack"),
     1000,
 )  # fmt: skip
 
