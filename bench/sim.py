@@ -24,6 +24,8 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
     "Pick": {},
     "PlaceOnTop": {"spawn_at_gripper": True},
     "PlaceNextTo": {"spawn_at_gripper": True},
+    "PickPlaceOnTop": {},  # the L1 forms: the object starts on the table ("Pick and place ...")
+    "PickPlaceNextTo": {},
     "Touch": {},
     "Topple": {"topple": True},
     "Push-away": {"push": True},
@@ -54,12 +56,14 @@ TASKS = {  # name -> task arguments (Topple and Push-away are Touch variants); L
 }
 # Bench names that are another registry task with arguments.
 REGISTRY = {"Topple": "Touch", "Push-away": "Touch", "FollowOrder-restore": "FollowOrder", "SwapPush": "Swap",
-            "Rotate-restore": "Rotate", "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
+            "Rotate-restore": "Rotate", "PickPlaceOnTop": "PlaceOnTop", "PickPlaceNextTo": "PlaceNextTo",
+            "ThrowAt": "Throw", "ThrowToTopple": "Throw", "ThrowOnto": "Throw"}  # fmt: skip
 # Episode limit per task: 500 steps for the L0 tasks, the environment's 1000 for the longer ones.
 MAX_STEPS = dict.fromkeys(
-    ("Rotate-restore", "SingleStack", "ReverseStack", "StackTopple", "NovelNoun", "NovelAdjective",
-     "NovelNounAdjective", "Swap", "SwapMarkovian", "FollowOrder", "FollowOrder-restore", "Neighbour", "Sort2d",
-     "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort", "BalanceScale", "SortStack"),
+    ("PickPlaceOnTop", "PickPlaceNextTo", "Rotate-restore", "SingleStack", "ReverseStack", "StackTopple",
+     "NovelNoun", "NovelAdjective", "NovelNounAdjective", "Swap", "SwapMarkovian", "FollowOrder",
+     "FollowOrder-restore", "Neighbour", "Sort2d", "RotateSymmetry", "SwapPush", "SwapRotate", "ThrowAndSort",
+     "BalanceScale", "SortStack"),
     1000,
 )  # fmt: skip
 
