@@ -98,38 +98,6 @@ def pickcube_steps_per_s(steps: int) -> float:
     return rate
 
 
-def read_seed_log(path: str) -> dict[int, dict]:
-    """Seed -> record of a per-seed log; a torn last line (a run killed mid-write) is ignored."""
-    import os
-
-    records = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                records[int(record["seed"])] = record
-    return records
-
-
-def append_seed_log(path: str, record: dict) -> None:
-    """One finished seed, flushed to disk before the next one starts (on a line of its own even
-    after a torn last line)."""
-    import os
-
-    torn = False
-    if os.path.exists(path) and os.path.getsize(path):
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    with open(path, "a") as f:
-        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def seed_record(seed: int, result) -> dict:
     """A `WorkerPool` result as a log line: success, steps, seconds, or why it failed."""
     if not result.ok:
@@ -147,6 +115,7 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int, seed_log: st
 
     from tqdm import tqdm
 
+    from c2a_jax.fileio import append_jsonl, latest_jsonl_records
     from c2a_jax.sim.worker import WorkerPool
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +126,7 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int, seed_log: st
         if task not in TASKS:
             raise SystemExit(f"unknown task {task!r}; known: {', '.join(TASKS)}")
         log_path = os.path.join(seed_log, f"{task}.jsonl") if seed_log else None
-        records = read_seed_log(log_path) if log_path else {}
+        records = latest_jsonl_records(log_path, "seed") if log_path else {}
         todo = [s for s in range(seeds) if s not in records]
         name, args = REGISTRY.get(task, task), TASKS[task]
         kwargs = {"task": name, "task_args": args, "image_size": 128, "max_steps": MAX_STEPS.get(task, 500)}
@@ -169,7 +138,7 @@ def oracle(tasks: list[str], seeds: int, imaged: int, workers: int, seed_log: st
                 record = seed_record(todo[r.index], r)
                 records[record["seed"]] = record
                 if log_path:
-                    append_seed_log(log_path, record)
+                    append_jsonl(log_path, record)
             if imaged:
                 imaged_jobs = [
                     {"method": "run_episode", "kwargs": {"seed": seeds + s, "images": True}} for s in range(imaged)

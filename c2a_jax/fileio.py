@@ -2,13 +2,18 @@
 
 Long jobs (demo generation, training, evaluation) write their outputs with these helpers: the data
 goes to a temporary file in the same directory, is flushed to disk, and is renamed over the target
-in one step, so readers see either the old file or the new one.
+in one step, so readers see either the old file or the new one. Their progress logs (which seeds,
+steps or sources are done) are JSONL files appended one fsynced record at a time; a writer killed
+mid-line leaves a torn last line, which the reader skips and the next append steps over.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Mapping
+from typing import Any
 
 
 def _umask() -> int:
@@ -39,3 +44,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], **dumps_kwargs: Any) -> None:
+    """Append `record` as one JSON line in a single write, fsynced before returning. After a torn
+    last line the record still starts a line of its own, so one crash costs one record, not two."""
+    line = json.dumps(record, **dumps_kwargs) + "\n"
+    fd = os.open(os.fspath(path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The complete records of a JSONL file, in order: a torn line (one without its newline, or not
+    a JSON object) is skipped; a missing file has none."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def latest_jsonl_records(path: str | os.PathLike, key: str) -> dict[Any, dict]:
+    """`record[key]` -> the last complete record with that key (a progress log: seed -> outcome)."""
+    return {r[key]: r for r in read_jsonl(path) if key in r}

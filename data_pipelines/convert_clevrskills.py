@@ -72,7 +72,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from c2a_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+from c2a_jax.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, latest_jsonl_records  # noqa: E402
 
 # load_traj.is_trajectory's file set (spec 7.1): a directory holding all of them is a trajectory.
 IS_TRAJECTORY_FILES = (
@@ -699,24 +699,7 @@ def scan(inputs: Iterable[str], require_success: bool = True, max_depth: int = -
 
 def read_manifest(path: str) -> dict[str, dict]:
     """Source directory -> its latest manifest record (a torn last line from a crash is ignored)."""
-    records: dict[str, dict] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("source"), str):
-                    records[record["source"]] = record
-    return records
-
-
-def append_manifest(path: str, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return {k: r for k, r in latest_jsonl_records(path, "source").items() if isinstance(k, str)}
 
 
 def convert_job(target: Target, out: str, image_size: int | None, split: str) -> dict:
@@ -847,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def fail(source: str, error: str) -> None:
         record = {"source": source, "status": "failed", "error": error, "time": time.time()}
-        append_manifest(manifest_path, record)
+        append_jsonl(manifest_path, record)
         failures.append(record)
 
     for source, reason in found.bad:
@@ -883,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         for record in _run_jobs(jobs, args):
-            append_manifest(manifest_path, record)
+            append_jsonl(manifest_path, record)
             bar.update(1)
             if record["status"] == "converted":
                 converted_now.append(record)

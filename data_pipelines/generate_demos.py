@@ -35,7 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from c2a_jax.data.demo_shards import shard_dir_name, shard_quota, shard_seeds  # noqa: E402
-from c2a_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+from c2a_jax.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, latest_jsonl_records  # noqa: E402
 
 
 def dataset_name(task: str, task_args: dict) -> str:
@@ -44,23 +44,7 @@ def dataset_name(task: str, task_args: dict) -> str:
 
 def read_manifest(path: str) -> dict[int, dict]:
     """Seed -> latest manifest record (a torn last line from a crash is ignored)."""
-    records: dict[int, dict] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                records[int(record["seed"])] = record
-    return records
-
-
-def append_manifest(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return latest_jsonl_records(path, "seed")
 
 
 def save_episode(directory: str, seed: int, episode: dict) -> str:
@@ -185,7 +169,7 @@ def main(argv=None) -> int:
                         bar.update(1)
                     else:
                         record.update(status="success_unused" if meta["success"] else "failed")
-                append_manifest(manifest_path, record)
+                append_jsonl(manifest_path, record)
                 minutes = max(time.time() - start, 1e-6) / 60
                 bar.set_postfix(attempts=attempts, per_min=f"{bar.n / minutes if bar.n else 0:.1f}")
     bar.close()

@@ -42,8 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from c2a_jax.fileio import atomic_write_text  # noqa: E402
-from data_pipelines.generate_demos import append_manifest, read_manifest, save_episode, shard_plan  # noqa: E402
+from c2a_jax.fileio import append_jsonl, atomic_write_text  # noqa: E402
+from data_pipelines.generate_demos import read_manifest, save_episode, shard_plan  # noqa: E402
 
 CODE_SOURCE = "vlm_oracle"
 
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
                                 bar.update(1)
                             else:
                                 entry.update(status="success_unused")
-                            append_manifest(manifest_path, entry)
+                            append_jsonl(manifest_path, entry)
                             bar.set_postfix(attempts=state["attempts"])
             except BaseException as e:  # noqa: BLE001  (raised again in the main thread)
                 failures.append(e)

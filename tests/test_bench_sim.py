@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from bench.sim import oracle, read_seed_log
+from bench.sim import oracle
+from c2a_jax.fileio import latest_jsonl_records
 
 
 def test_a_rerun_runs_only_the_missing_seeds(tmp_path):
@@ -19,7 +20,7 @@ def test_a_rerun_runs_only_the_missing_seeds(tmp_path):
     out = oracle(["Pick"], seeds=3, imaged=0, workers=1, seed_log=str(tmp_path))["Pick"]
     lines = log.read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[-1])["seed"] == 2  # only seed 2 ran, on its own line
-    records = read_seed_log(str(log))
+    records = latest_jsonl_records(log, "seed")
     assert sorted(records) == [0, 1, 2] and records[1]["success"] is False
     new = records[2]
     assert new["steps"] > 0 and new["seconds"] > 0 and "error" not in new

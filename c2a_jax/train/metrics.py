@@ -39,7 +39,7 @@ from typing import Any
 
 import jax
 
-from c2a_jax.fileio import atomic_write_text
+from c2a_jax.fileio import append_jsonl, atomic_write_text, read_jsonl
 
 # Dense bf16 FLOP/s per chip (vendor figures). Matched in order against ``device.device_kind``.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -145,33 +145,6 @@ class Throughput:
         return out
 
 
-def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-    """Append one JSON line in a single write, then flush and fsync."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Complete records of a JSONL file (a torn last line, from a crash, is skipped)."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return out
-
-
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Keep the records with ``step <= last_step`` (atomically): a resumed run rewrites the rest."""
     if not os.path.exists(path):
@@ -236,7 +209,7 @@ class MetricsWriter:
         scalars = {k: f for k, v in metrics.items() if (f := _scalar(v)) is not None}
         if not self.primary:
             return scalars
-        append_jsonl(self.jsonl, {"step": int(step), **scalars})
+        append_jsonl(self.jsonl, {"step": int(step), **scalars}, sort_keys=True)
         if self._tensorboard:
             import tensorflow as tf
 
