@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from c2a_jax.eval.report import read_records
+from c2a_jax.fileio import append_jsonl
 
 
 def job_key(job: Mapping[str, Any]) -> tuple:
@@ -64,11 +65,8 @@ class JsonlWriter:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def write(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, default=_json_default) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        with self._lock:
+            append_jsonl(self.path, record, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
