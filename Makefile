@@ -50,7 +50,7 @@ render-check: $(STAMP)
 	@$(PY) -m c2a_jax.sim.render_check
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_OPTS) tests
+	$(PY) -m c2a_jax.host_memory $(PY) -m pytest -q $(PYTEST_OPTS) tests
 
 demo: setup
 	$(PY) -m c2a_jax.demo $(DEMO_OPTS)

@@ -14,6 +14,7 @@ import os
 import sys
 
 from c2a_jax.config import parse_command_line, write_resolved_config
+from c2a_jax.host_memory import reexec_with_huge_page_malloc
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval", "default.py")
 
@@ -33,4 +34,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # XLA's large CPU buffers on huge pages (c2a_jax/host_memory.py)
     sys.exit(main())

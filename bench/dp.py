@@ -46,6 +46,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from c2a_jax.host_memory import reexec_with_huge_page_malloc  # noqa: E402
+
 
 def _alternating_medians(fn_a, fn_b, reps: int, warmup: int = 1) -> tuple[float, float]:
     """Median times of two callables timed alternately (A, B, A, B, ...), so that load from
@@ -338,4 +340,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # XLA's large CPU buffers on huge pages (c2a_jax/host_memory.py)
     sys.exit(main())

@@ -52,6 +52,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from c2a_jax.host_memory import reexec_with_huge_page_malloc  # noqa: E402
+
 MODES = ("vlm_oracle", "vlm_dp", "dp", "dp_oracle")
 IMAGE_SIZE = 64  # configs/vlm/tiny.py and configs/dp/tiny.py
 
@@ -307,4 +309,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # XLA's large CPU buffers on huge pages (c2a_jax/host_memory.py)
     sys.exit(main())

@@ -36,6 +36,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from c2a_jax.host_memory import reexec_with_huge_page_malloc  # noqa: E402
+
 PROMPT = "Place the red cube to the left of the blue cylinder"
 MEMORY = ["move3d(target_actor=get_actor('red cube'))", "pick(actor=get_actor('red cube'))"]
 
@@ -292,4 +294,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # XLA's large CPU buffers on huge pages (c2a_jax/host_memory.py)
     sys.exit(main())
