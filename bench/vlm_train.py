@@ -8,6 +8,11 @@ forward, cross-entropy on the answer tokens, backward, AdamW (lr 1e-3, weight de
 clipping). Ours: one jitted functional step with donated buffers, causal attention (the same
 computation as transformers' LLaVA; prefix-LM costs the same). Peer: LlavaForConditionalGeneration
 with labels = -100 outside the answer, torch.optim.AdamW, eager PyTorch on the same CPU threads.
+Ours computes the LM head and the loss at each row's answer tokens only (``--logits-at answers``,
+`train.loss_tokens_per_row` = the batch's most answer tokens in a row, rounded up to 16: the same
+loss and gradients, tests/test_train_vlm.py); transformers at every position, as its default.
+``--logits-at all``: ours at every position too. The process runs with glibc's ``hugetlb`` malloc
+tunable (c2a_jax/host_memory.py), which both sides share.
 Figure: real (non-pad) tokens per second, median step time over `--steps` after warm-up.
 
 Second figure (``packed_*``): the same examples packed ``--pack`` per row (our pipeline's
@@ -82,7 +87,15 @@ def _interleaved_medians(steps_a, steps_b, steps: int) -> tuple[float, float]:
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def ours(batch: dict, tok, image_size: int, patch_size: int):
+def loss_tokens_per_row(batch: dict, logits_at: str) -> int:
+    """``train.loss_tokens_per_row`` for this batch: its most answer tokens in a row, rounded up to
+    a multiple of 16 (``logits_at="answers"``), or 0: logits at every position (``"all"``)."""
+    if logits_at == "all":
+        return 0
+    return -(-int(batch["target_mask"].sum(1).max()) // 16) * 16
+
+
+def ours(batch: dict, tok, image_size: int, patch_size: int, logits_at: str = "answers"):
     """Our train step as a no-argument callable."""
     import jax
     import optax
@@ -94,10 +107,11 @@ def ours(batch: dict, tok, image_size: int, patch_size: int):
     model = tiny_llava(tok, image_size, patch_size)
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3, weight_decay=0.01), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
+    k = loss_tokens_per_row(batch, logits_at)
 
     def train_step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
-        (loss, _), grads = nnx.value_and_grad(vlm_loss, has_aux=True)(model, batch, "causal")
+        (loss, _), grads = nnx.value_and_grad(vlm_loss, has_aux=True)(model, batch, "causal", k)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
@@ -287,6 +301,12 @@ def main(argv=None) -> int:
     ap.add_argument("--patch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--pack", type=int, default=4, help="images per row of the packed variant (ours only)")
+    ap.add_argument(
+        "--logits-at",
+        choices=("answers", "all"),
+        default="answers",
+        help="ours: LM head at each row's answer tokens only (train.loss_tokens_per_row) or everywhere",
+    )
     ap.add_argument("--paper", action="store_true", help="the paper-size LLaVA on this host's devices (GPU)")
     ap.add_argument("--paper-batch", type=int, default=8, help="rows of 1024 tokens per step (--paper)")
     ap.add_argument("--paper-layers", type=int, default=0, help="decoder and vision layers (--paper; 0: all)")
@@ -298,18 +318,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
     real = int(batch["input_mask"].sum())
-    t_ours, t_hf = _interleaved_medians(ours(batch, tok, args.image_size, args.patch_size),
+    t_ours, t_hf = _interleaved_medians(ours(batch, tok, args.image_size, args.patch_size, args.logits_at),
                                         transformers_step(batch, tok, args.image_size, args.patch_size), args.steps)  # fmt: skip
     packed, _ = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size, args.pack)
     assert int(packed["input_mask"].sum()) == real  # the same examples, fewer rows
-    t_packed, t_hf_again = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size),
+    t_packed, t_hf_again = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size, args.logits_at),
                                                 transformers_step(batch, tok, args.image_size, args.patch_size),
                                                 args.steps)  # fmt: skip
     # transformers' usual collator pads to the batch's longest example, not to max_length: the
     # peer on that batch is its best case against our packed rows
     longest = int(batch["input_mask"].sum(1).max())
     trimmed = {k: (v[:, :longest] if v.ndim == 2 and v.shape[1] == args.max_length else v) for k, v in batch.items()}
-    t_packed2, t_hf_trimmed = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size),
+    t_packed2, t_hf_trimmed = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size, args.logits_at),
                                                    transformers_step(trimmed, tok, args.image_size, args.patch_size),
                                                    args.steps)  # fmt: skip
     import torch
@@ -330,6 +350,7 @@ def main(argv=None) -> int:
         "transformers_padded_to_longest_step_ms": round(t_hf_trimmed * 1e3, 1),
         "ours_packed_step_ms_third_run": round(t_packed2 * 1e3, 1),
         "packed_vs_padded_to_longest_speedup": round(t_hf_trimmed / t_packed2, 2),
+        "loss_tokens_per_row": [loss_tokens_per_row(b, args.logits_at) for b in (batch, packed)],
         "torch_threads": torch.get_num_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # both sides: one process
         "config": vars(args),

@@ -122,3 +122,41 @@ def test_remat_with_a_frozen_vision_tower_matches_the_plain_step():
     assert flat_plain.keys() == flat_remat.keys()
     for path, var in flat_plain.items():
         np.testing.assert_allclose(flat_remat[path].get_value(), var.get_value(), atol=1e-5, err_msg=str(path))
+
+
+def test_loss_at_answer_positions_only_equals_the_full_loss_and_gradients():
+    """``train.loss_tokens_per_row``: the LM head at each row's answer tokens only gives the loss,
+    metrics and gradients of the head at every position, packed rows and both attention modes
+    included; a row with more answer tokens is refused on the host, not dropped silently."""
+    import jax
+    import pytest
+
+    from c2a_jax.train.vlm_loss import check_loss_tokens, vlm_loss
+    from tests.train_fixtures import tiny_llava, vlm_batch
+
+    model = tiny_llava(nnx.Rngs(3), text_layers=2)
+    padded = vlm_batch(6, seed=5)
+    packed = vlm.stack_rows(list(vlm.pack_rows([vlm.TokenizedExample(
+        r["tokens"][r["input_mask"]], r["mask_ar"][r["input_mask"]], r["mask_loss"][r["input_mask"]],
+        r["images"][0]) for r in ({k: v[i] for k, v in padded.items()} for i in range(6))], 48, 3, 0)))  # fmt: skip
+    assert packed["tokens"].shape[0] < 6  # several examples share a row
+    for batch, mode in ((padded, "full"), (packed, "causal")):
+        most = int(batch["target_mask"].sum(1).max())
+        assert 0 < most < batch["tokens"].shape[1]
+        device_batch = {k: v for k, v in batch.items() if k != "num_images"}
+
+        def loss(m, k, b=device_batch, mode=mode):
+            return vlm_loss(m, b, mode, k)
+
+        grad = nnx.value_and_grad(loss, has_aux=True)
+        (full, full_metrics), full_grads = grad(model, 0)
+        (part, part_metrics), part_grads = grad(model, most)
+        np.testing.assert_allclose(part, full, rtol=1e-6)
+        for key in ("token_accuracy", "loss_tokens"):
+            np.testing.assert_allclose(part_metrics[key], full_metrics[key], rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), part_grads, full_grads)
+        check_loss_tokens(batch, most)  # fits: no error
+        with pytest.raises(ValueError, match="loss_tokens_per_row"):
+            check_loss_tokens(batch, most - 1)
+        (_, short_metrics), _ = grad(model, most - 1)  # what the check prevents: a token left out
+        assert float(short_metrics["loss_tokens"]) < float(full_metrics["loss_tokens"])

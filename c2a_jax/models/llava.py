@@ -302,14 +302,15 @@ class LlavaForConditionalGeneration(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         causal_mask: bool = False,
+        logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits (B, T, vocab) float32 and the updated cache. Pixels: `images` (uint8) or
         `pixel_values` (normalised float), see the module docstring. Masks and positions as in
         `Phi3ForCausalLM.__call__`: a (B, T) padding mask, or a full (B, T, S) mask such as the
         prefix-LM / packed-segments mask of `c2a_jax.data.vlm.attention_mask` (then give each
-        segment's `positions`); `causal_mask` as there."""
+        segment's `positions`); `causal_mask` and `logits_at` as there."""
         embeds = self.embed(input_ids, images, pixel_values)
         return self.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, positions=positions, cache=cache,
-            causal_mask=causal_mask,
+            causal_mask=causal_mask, logits_at=logits_at,
         )  # fmt: skip

@@ -643,6 +643,7 @@ class Phi3ForCausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         causal_mask: bool = False,
+        logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits (B, T, vocab) in float32 and the updated cache (None without one).
 
@@ -652,7 +653,9 @@ class Phi3ForCausalLM(nnx.Module):
         ``[cache.length, cache.length + T)``; the caller sizes the cache (an overflow raises when the length is
         concrete; under jit it cannot be checked). ``causal_mask=True`` promises that no token sees a later
         one (causal training, packed or not): attention then skips the blocks above the diagonal
-        (`causal_chunks_for`); outputs at tokens that see nothing (padding) may differ, no other."""
+        (`causal_chunks_for`); outputs at tokens that see nothing (padding) may differ, no other.
+        ``logits_at`` (B, K) int: the logits at these positions of each row only, (B, K, vocab) (a
+        training loss needs them at its answer tokens alone: `c2a_jax.train.vlm_loss`)."""
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Phi3ForCausalLM: give exactly one of input_ids or inputs_embeds")
@@ -673,6 +676,8 @@ class Phi3ForCausalLM(nnx.Module):
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
         x = self.norm(x)
         if self.lm_head is None:
             logits = dense(x, self.embed_tokens.embedding[...].T, c.dtype)

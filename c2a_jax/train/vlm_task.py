@@ -9,8 +9,8 @@ code_level, image_size, keystep_request_fraction, grid_question_fraction, shift_
 template, max_length, images_per_row, shuffle_size) and ``model`` (vision_width, vision_layers,
 vision_heads, patch_size, text_width, text_layers, text_heads, text_kv_heads, mlp_ratio, dtype,
 remat, prefix_attention; optional: init_from, param_dtype, text_intermediate, vision_intermediate,
-vocab_size, vision_feature_layer, lora_rank, lora_alpha; see `llava_config`) and ``eval``
-(examples, max_new_tokens).
+vocab_size, vision_feature_layer, lora_rank, lora_alpha; see `llava_config`), ``eval``
+(examples, max_new_tokens) and ``train.loss_tokens_per_row`` (optional; `c2a_jax.train.vlm_loss`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from c2a_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from c2a_jax.models.clip import ClipVisionConfig
 from c2a_jax.models.llava import LlavaConfig, LlavaForConditionalGeneration
 from c2a_jax.models.phi3 import Phi3Config
+from c2a_jax.train.vlm_loss import check_loss_tokens
 
 
 def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> LlavaConfig:
@@ -140,11 +141,15 @@ def batch_stream(config: Any, tok: vlm.VlmTokenizer, process_index: int, process
             process_index=process_index, process_count=process_count,
         )  # fmt: skip
         rng = np.random.default_rng([int(config.seed), process_index])
-        return vlm.vlm_batches(
+        batches = vlm.vlm_batches(
             episodes, example_config(data), tok, global_batch // process_count, rng,
             images_per_row=int(data.images_per_row), shuffle_size=int(data.shuffle_size),
         )  # fmt: skip
+        for batch in batches:
+            check_loss_tokens(batch, loss_tokens_per_row)
+            yield batch
 
+    loss_tokens_per_row = int(config_value(config.train, "loss_tokens_per_row", 0))
     return make
 
 
@@ -235,7 +240,7 @@ def train_vlm(config: Any) -> dict[str, Any]:
         config,
         workdir=str(config.workdir),
         model_fn=model_fn,
-        loss_fn=make_loss_fn(prefix_attention),
+        loss_fn=make_loss_fn(prefix_attention, int(config_value(config.train, "loss_tokens_per_row", 0))),
         make_batches=batch_stream(config, tok, jax.process_index(), jax.process_count()),
         eval_fn=eval_fn if examples else None,
         checkpoint_items={

@@ -77,6 +77,9 @@ def get_config(arg=None):
     c.train.batch_size = 16
     c.train.steps = 2000
     c.train.learning_rate = 1e-3
+    # > 0: LM head and loss at each row's first N answer tokens only (same loss; a batch row with
+    # more raises); 0: at every position
+    c.train.loss_tokens_per_row = 0
     c.train.warmup_steps = 100
     c.train.weight_decay = 0.0
     c.train.grad_clip = 1.0
