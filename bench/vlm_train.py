@@ -289,6 +289,7 @@ def paper(batch: int, steps: int, layers: int = 0, overrides: dict | None = None
         "loss": float(metrics["loss"]),
         "dtype": str(config.model.dtype),
         "remat": bool(config.model.remat),
+        "remat_policy": str(config.model.get("remat_policy", "") or ""),
         "reference": "issue #6 goal: MFU >= 0.40; MaxText Llama2-7B on H100: about 0.50 (published, not this run)",
     }
 

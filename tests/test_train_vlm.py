@@ -86,7 +86,8 @@ def test_tiny_vlm_overfits_twenty_code_examples(tmp_path):
 def test_remat_with_a_frozen_vision_tower_matches_the_plain_step():
     """The paper's recipe (vision tower frozen) with remat in both towers: the frozen tower's
     parameters are closed over by the gradient of the trainable ones, which nnx.remat refused
-    (TraceContextError); the step must run and equal the step without remat."""
+    (TraceContextError); the step must run and equal the step without remat, also with the
+    paper config's ``model.remat_policy`` (saves the dense projections)."""
     import jax
 
     from c2a_jax.train.optimizer import make_optimizer
@@ -99,11 +100,13 @@ def test_remat_with_a_frozen_vision_tower_matches_the_plain_step():
         dict(learning_rate=1e-2, warmup_steps=0, steps=2, freeze=("vision_tower/.*",))
     )
     results = []
-    for remat in (False, True):
+    for remat, policy in ((False, ""), (True, ""), (True, "dots_with_no_batch_dims_saveable")):
         model_cfg = ml_collections.ConfigDict(dict(vision_width=32, vision_layers=3, vision_heads=2, patch_size=8,
                                                    text_width=64, text_layers=2, text_heads=4, text_kv_heads=2,
-                                                   mlp_ratio=2, dtype="float32", remat=remat))  # fmt: skip
+                                                   mlp_ratio=2, dtype="float32", remat=remat,
+                                                   remat_policy=policy))  # fmt: skip
         llava = vlm_task.llava_config(model_cfg, 32, tok)
+        assert llava.text.remat_policy == (policy or None)
         vt = vlm.VlmTokenizer(tok, llava.image_tokens, 128)
         batch = vlm.stack_rows(list(vlm.pack_rows([vt(e) for e in vt_examples], 128, 1, tok.pad_id)))
         batch = {k: v for k, v in batch.items() if k != "num_images"}
@@ -116,12 +119,13 @@ def test_remat_with_a_frozen_vision_tower_matches_the_plain_step():
             state, metrics = step(state, batch)
             losses.append(float(metrics["loss"]))
         results.append((losses, state.params))
-    (plain_losses, plain), (remat_losses, rematted) = results
-    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
-    flat_plain, flat_remat = dict(nnx.to_flat_state(plain)), dict(nnx.to_flat_state(rematted))
-    assert flat_plain.keys() == flat_remat.keys()
-    for path, var in flat_plain.items():
-        np.testing.assert_allclose(flat_remat[path].get_value(), var.get_value(), atol=1e-5, err_msg=str(path))
+    (plain_losses, plain), *rematted_runs = results
+    for remat_losses, rematted in rematted_runs:
+        np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
+        flat_plain, flat_remat = dict(nnx.to_flat_state(plain)), dict(nnx.to_flat_state(rematted))
+        assert flat_plain.keys() == flat_remat.keys()
+        for path, var in flat_plain.items():
+            np.testing.assert_allclose(flat_remat[path].get_value(), var.get_value(), atol=1e-5, err_msg=str(path))
 
 
 def test_loss_at_answer_positions_only_equals_the_full_loss_and_gradients():

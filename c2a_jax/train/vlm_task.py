@@ -9,7 +9,7 @@ code_level, image_size, keystep_request_fraction, grid_question_fraction, shift_
 template, max_length, images_per_row, shuffle_size) and ``model`` (vision_width, vision_layers,
 vision_heads, patch_size, text_width, text_layers, text_heads, text_kv_heads, mlp_ratio, dtype,
 remat, prefix_attention; optional: init_from, param_dtype, text_intermediate, vision_intermediate,
-vocab_size, vision_feature_layer, lora_rank, lora_alpha; see `llava_config`), ``eval``
+vocab_size, vision_feature_layer, lora_rank, lora_alpha, remat_policy; see `llava_config`), ``eval``
 (examples, max_new_tokens) and ``train.loss_tokens_per_row`` (optional; `c2a_jax.train.vlm_loss`).
 """
 
@@ -38,16 +38,18 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
     """The LLaVA a ``model`` config section describes, for `tokenizer`'s vocabulary.
 
     With ``model.init_from`` (a Hugging Face LLaVA directory) the architecture is that checkpoint's
-    config.json and only the run-time options (dtype, param_dtype, remat, LoRA) come from the
-    section. Otherwise: widths, depths and heads from the section; ``text_intermediate`` /
+    config.json and only the run-time options (dtype, param_dtype, remat, remat_policy, LoRA) come
+    from the section. Otherwise: widths, depths and heads from the section; ``text_intermediate`` /
     ``vision_intermediate`` (0: ``mlp_ratio`` x width), ``vocab_size`` (0: the tokenizer's, rounded
-    up to a multiple of 64), ``vision_feature_layer`` (-2, LLaVA's)."""
+    up to a multiple of 64), ``vision_feature_layer`` (-2, LLaVA's), ``remat_policy`` (a
+    ``jax.checkpoint_policies`` name for the decoder's remat; empty: save nothing)."""
     dtype = str(config_value(model, "dtype", "float32"))
     param_dtype = str(config_value(model, "param_dtype", "float32"))
     remat = bool(config_value(model, "remat", False))
     lora = dict(
-        lora_rank=int(config_value(model, "lora_rank", 0)), lora_alpha=float(config_value(model, "lora_alpha", 16.0))
-    )
+        lora_rank=int(config_value(model, "lora_rank", 0)), lora_alpha=float(config_value(model, "lora_alpha", 16.0)),
+        remat_policy=str(config_value(model, "remat_policy", "") or "") or None,
+    )  # fmt: skip
     init_from = str(config_value(model, "init_from", "") or "")
     if init_from:
         config_file = os.path.join(init_from, "config.json")
