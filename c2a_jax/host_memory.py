@@ -12,8 +12,8 @@ alone (a single malloc arena, the other way to keep those pages, halves tf.data'
 glibc reads its tunables once, at process start, so `reexec_with_huge_page_malloc` restarts the
 program (same interpreter, same arguments, same pid) with the tunable added; the entry points
 call it before anything else; ``python -m c2a_jax.host_memory COMMAND ...`` runs any other
-command so (``make test`` runs pytest that way). ``C2A_HUGE_PAGE_MALLOC=0`` turns it off. It does nothing where it
-cannot help: not Linux with glibc >= 2.35, or transparent huge pages switched off.
+command so (``make test`` runs pytest that way). ``C2A_HUGE_PAGE_MALLOC=0`` turns it off. It
+does nothing where it cannot help: not Linux with glibc >= 2.35, or transparent huge pages off.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
     dtype = str(config_value(model, "dtype", "float32"))
     param_dtype = str(config_value(model, "param_dtype", "float32"))
     remat = bool(config_value(model, "remat", False))
-    lora = dict(
+    text_options = dict(  # decoder-only run-time options: LoRA, what remat keeps
         lora_rank=int(config_value(model, "lora_rank", 0)), lora_alpha=float(config_value(model, "lora_alpha", 16.0)),
         remat_policy=str(config_value(model, "remat_policy", "") or "") or None,
     )  # fmt: skip
@@ -57,7 +57,7 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
             raise FileNotFoundError(f"model.init_from: no Hugging Face LLaVA config at {config_file}")
         with open(config_file, encoding="utf-8") as f:
             hf = json.load(f)
-        llava = LlavaConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, remat=remat, text_options=lora)
+        llava = LlavaConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, remat=remat, text_options=text_options)
         if llava.vision.image_size != int(image_size):
             raise ValueError(
                 f"data.image_size is {image_size} but {init_from} is a {llava.vision.image_size}-pixel vision tower"
@@ -90,7 +90,7 @@ def llava_config(model: Any, image_size: int, tokenizer: TextTokenizer) -> Llava
         num_key_value_heads=int(model.text_kv_heads), max_position_embeddings=4096,
         original_max_position_embeddings=4096, pad_token_id=tokenizer.pad_id,
         bos_token_id=tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id,
-        eos_token_id=tokenizer.eos_id, dtype=dtype, param_dtype=param_dtype, remat=remat, **lora,
+        eos_token_id=tokenizer.eos_id, dtype=dtype, param_dtype=param_dtype, remat=remat, **text_options,
     )  # fmt: skip
     return LlavaConfig(
         vision, text, tokenizer.image_id, vision_feature_layer=int(config_value(model, "vision_feature_layer", -2))
