@@ -25,8 +25,9 @@ For each size (configs/dp/tiny.py, configs/dp/paper.py):
   diffusers' ``DDIMScheduler`` (100 train steps, squaredcos_cap_v2, 10 inference steps) under
   ``torch.no_grad``.
 
-Figures are medians over timed repetitions after one untimed run (compilation, warm-up), ours and
-the peer's alternated so that load from elsewhere on a shared machine falls on both alike;
+Figures are medians over timed repetitions, ours and the peer's in alternating blocks of up to 5
+(so that load from elsewhere on a shared machine falls on both alike), each block after one
+untimed run (compilation, warm-up, the other side's threads winding down: bench/timing.py);
 ``ratio`` is the peer's time over ours (above 1: we are faster). Default: a quick run (5
 repetitions for the tiny size; the paper size at batch 4 with one timed repetition, since each
 of its CPU steps takes seconds); ``--full`` uses the configs' batch sizes and 10 repetitions.
@@ -46,22 +47,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from bench.timing import block_medians  # noqa: E402
 from c2a_jax.host_memory import reexec_with_huge_page_malloc  # noqa: E402
-
-
-def _alternating_medians(fn_a, fn_b, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """Median times of two callables timed alternately (A, B, A, B, ...), so that load from
-    elsewhere on a shared machine falls on both alike."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(reps):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return float(np.median(times_a)), float(np.median(times_b))
 
 
 def _init_key(seed: int):
@@ -283,9 +270,9 @@ def bench_size(size: str, batch_size: int, reps: int) -> dict:
     t_policy = _median(policy_step, reps, warmup=0)
     our_step, our_ddim, n_ours = ours_denoiser(config, batch_size)
     peer_step, peer_ddim, n_peer = peer_denoiser(config, batch_size)
-    t_ours, t_peer = _alternating_medians(our_step, peer_step, reps)
+    t_ours, t_peer = block_medians(our_step, peer_step, reps)
     t_policy_ddim = _median(ours_policy_ddim(live_model(), batch), reps)
-    l_ours, l_peer = _alternating_medians(our_ddim, peer_ddim, reps)
+    l_ours, l_peer = block_medians(our_ddim, peer_ddim, reps)
     return {
         "batch_size": batch_size,
         "image_size": int(config.data.crop_size or config.data.image_size),

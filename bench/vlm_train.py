@@ -1,6 +1,6 @@
 """VLM training throughput against transformers' PyTorch training step, same config and batch (JSON).
 
-    .venv/bin/python bench/vlm_train.py [--batch-size 16] [--max-length 256] [--steps 10]
+    .venv/bin/python bench/vlm_train.py [--batch-size 16] [--max-length 256] [--steps 10] [--rounds 3]
 
 Both sides train the tiny LLaVA of configs/vlm/tiny.py (CLIP tower + projector + Phi-3 decoder,
 the tiny tokenizer's vocabulary) on one batch made by our VLM pipeline from synthetic episodes:
@@ -11,9 +11,16 @@ with labels = -100 outside the answer, torch.optim.AdamW, eager PyTorch on the s
 Ours computes the LM head and the loss at each row's answer tokens only (``--logits-at answers``,
 `train.loss_tokens_per_row` = the batch's most answer tokens in a row, rounded up to 16: the same
 loss and gradients, tests/test_train_vlm.py); transformers at every position, as its default.
-``--logits-at all``: ours at every position too. The process runs with glibc's ``hugetlb`` malloc
-tunable (c2a_jax/host_memory.py), which both sides share.
-Figure: real (non-pad) tokens per second, median step time over `--steps` after warm-up.
+``--logits-at all``: ours at every position too. Every process runs with glibc's ``hugetlb``
+malloc tunable (c2a_jax/host_memory.py), both sides alike.
+Figure: real (non-pad) tokens per second from the median step time. Each side is timed alone in
+a fresh process of this script (``--side``, as a training run has one framework to itself),
+`--steps` steps after 3 of warm-up; ``--rounds`` such processes per side, the sides in turn so
+that load from elsewhere falls on both alike, and the figures are the medians over the rounds
+(each round's ratio is printed too). ``same_process``: the same-tensor pair once more with both
+frameworks in one process, timed in alternating blocks (bench/timing.py); on a 2-core machine
+our step took 0-9% longer there than alone (each side's idle thread pool still spins beside the
+other's step), and timed one step each in turn 10-25% longer.
 
 Second figure (``packed_*``): the same examples packed ``--pack`` per row (our pipeline's
 ``images_per_row``, first fit; segment ids keep them apart), so that our step skips most of the
@@ -41,6 +48,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -49,6 +57,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from bench.timing import block_medians  # noqa: E402
 from c2a_jax.host_memory import reexec_with_huge_page_malloc  # noqa: E402
 
 
@@ -70,21 +79,6 @@ def pipeline_batch(
     chosen = [vt(examples[i]) for i in rng.permutation(len(examples))[:batch_size]]
     rows = list(vlm.pack_rows(chosen, max_length, images_per_row, tok.pad_id))
     return vlm.stack_rows(rows), tok
-
-
-def _interleaved_medians(steps_a, steps_b, steps: int) -> tuple[float, float]:
-    """Median step times of two step functions, timed alternately (A, B, A, B, ...) so that load
-    from elsewhere on a shared machine falls on both alike."""
-    for _ in range(2):
-        steps_a()
-        steps_b()
-    times_a, times_b = [], []
-    for _ in range(steps):
-        for fn, times in ((steps_a, times_a), (steps_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def loss_tokens_per_row(batch: dict, logits_at: str) -> int:
@@ -288,10 +282,35 @@ def paper(batch: int, steps: int, layers: int = 0, overrides: dict | None = None
         "flops": flops,
         "loss": float(metrics["loss"]),
         "dtype": str(config.model.dtype),
-        "remat": bool(config.model.remat),
-        "remat_policy": str(config.model.get("remat_policy", "") or ""),
+        "remat": bool(llava.text.remat),  # as the decoder was built (the config's, through llava_config)
+        "remat_policy": llava.text.remat_policy or "",
         "reference": "issue #6 goal: MFU >= 0.40; MaxText Llama2-7B on H100: about 0.50 (published, not this run)",
     }
+
+
+def time_side(side: str, args) -> dict:
+    """Median seconds per step of one side, alone in this process, on its two batches (timed in
+    blocks): ours on the padded and on the packed rows; transformers on the padded rows and on
+    them cut to the longest example (what its default collator makes)."""
+    batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
+    size = (tok, args.image_size, args.patch_size)
+    if side == "ours":
+        packed, _ = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size, args.pack)
+        a, b = block_medians(ours(batch, *size, args.logits_at), ours(packed, *size, args.logits_at), args.steps)
+        return {"padded": a, "packed": b}
+    longest = int(batch["input_mask"].sum(1).max())
+    trimmed = {k: (v[:, :longest] if v.ndim == 2 and v.shape[1] == args.max_length else v) for k, v in batch.items()}
+    a, b = block_medians(transformers_step(batch, *size), transformers_step(trimmed, *size), args.steps)
+    return {"padded": a, "padded_to_longest": b}
+
+
+def _run_side(side: str, argv: list[str] | None) -> dict:
+    """`time_side` in a fresh process of this script (same arguments), its figures back."""
+    cmd = [sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv), "--side", side]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} side failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.rsplit("SIDE", 1)[1])
 
 
 def main(argv=None) -> int:
@@ -308,6 +327,8 @@ def main(argv=None) -> int:
         default="answers",
         help="ours: LM head at each row's answer tokens only (train.loss_tokens_per_row) or everywhere",
     )
+    ap.add_argument("--rounds", type=int, default=3, help="processes per side, alternating (the figures' medians)")
+    ap.add_argument("--side", choices=("ours", "transformers"), help=argparse.SUPPRESS)  # a round's child
     ap.add_argument("--paper", action="store_true", help="the paper-size LLaVA on this host's devices (GPU)")
     ap.add_argument("--paper-batch", type=int, default=8, help="rows of 1024 tokens per step (--paper)")
     ap.add_argument("--paper-layers", type=int, default=0, help="decoder and vision layers (--paper; 0: all)")
@@ -317,43 +338,56 @@ def main(argv=None) -> int:
                           "config": vars(args)}, indent=2))  # fmt: skip
         return 0
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.side:
+        print("SIDE" + json.dumps(time_side(args.side, args)))
+        return 0
     batch, tok = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size)
-    real = int(batch["input_mask"].sum())
-    t_ours, t_hf = _interleaved_medians(ours(batch, tok, args.image_size, args.patch_size, args.logits_at),
-                                        transformers_step(batch, tok, args.image_size, args.patch_size), args.steps)  # fmt: skip
     packed, _ = pipeline_batch(args.batch_size, args.max_length, args.image_size, args.patch_size, args.pack)
+    real = int(batch["input_mask"].sum())
     assert int(packed["input_mask"].sum()) == real  # the same examples, fewer rows
-    t_packed, t_hf_again = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size, args.logits_at),
-                                                transformers_step(batch, tok, args.image_size, args.patch_size),
-                                                args.steps)  # fmt: skip
-    # transformers' usual collator pads to the batch's longest example, not to max_length: the
-    # peer on that batch is its best case against our packed rows
-    longest = int(batch["input_mask"].sum(1).max())
-    trimmed = {k: (v[:, :longest] if v.ndim == 2 and v.shape[1] == args.max_length else v) for k, v in batch.items()}
-    t_packed2, t_hf_trimmed = _interleaved_medians(ours(packed, tok, args.image_size, args.patch_size, args.logits_at),
-                                                   transformers_step(trimmed, tok, args.image_size, args.patch_size),
-                                                   args.steps)  # fmt: skip
+    rounds = []
+    for r in range(args.rounds):  # each side alone in its own process, in turn
+        sides = ("ours", "transformers") if r % 2 == 0 else ("transformers", "ours")
+        rounds.append({side: _run_side(side, argv) for side in sides})
+        print(f"round {r + 1}/{args.rounds}: " + json.dumps(rounds[-1]), file=sys.stderr, flush=True)
+
+    def med(side, key):
+        return statistics.median(x[side][key] for x in rounds)
+
+    def ms(seconds):
+        return round(seconds * 1e3, 1)
+
+    t_ours, t_hf = med("ours", "padded"), med("transformers", "padded")
+    t_packed, t_hf_longest = med("ours", "packed"), med("transformers", "padded_to_longest")
+    # the same-tensor pair once more in this one process, in blocks (bench/timing.py)
+    s_ours, s_hf = block_medians(ours(batch, tok, args.image_size, args.patch_size, args.logits_at),
+                                 transformers_step(batch, tok, args.image_size, args.patch_size), args.steps)  # fmt: skip
     import torch
 
     result = {
         "real_tokens_per_batch": real,
         "packed_rows": int(packed["tokens"].shape[0]),
-        "ours_step_ms": round(t_ours * 1e3, 1),
-        "transformers_step_ms": round(t_hf * 1e3, 1),
+        "longest_example_tokens": int(batch["input_mask"].sum(1).max()),
+        "ours_step_ms": ms(t_ours),
+        "transformers_step_ms": ms(t_hf),
         "ours_tokens_per_s": round(real / t_ours, 1),
         "transformers_tokens_per_s": round(real / t_hf, 1),
         "speedup": round(t_hf / t_ours, 2),
-        "ours_packed_step_ms": round(t_packed * 1e3, 1),
+        "speedup_per_round": [round(x["transformers"]["padded"] / x["ours"]["padded"], 2) for x in rounds],
+        "ours_packed_step_ms": ms(t_packed),
         "ours_packed_tokens_per_s": round(real / t_packed, 1),
-        "transformers_step_ms_second_run": round(t_hf_again * 1e3, 1),
-        "packed_speedup": round(t_hf_again / t_packed, 2),
-        "longest_example_tokens": longest,
-        "transformers_padded_to_longest_step_ms": round(t_hf_trimmed * 1e3, 1),
-        "ours_packed_step_ms_third_run": round(t_packed2 * 1e3, 1),
-        "packed_vs_padded_to_longest_speedup": round(t_hf_trimmed / t_packed2, 2),
+        "packed_speedup": round(t_hf / t_packed, 2),
+        "transformers_padded_to_longest_step_ms": ms(t_hf_longest),
+        "packed_vs_padded_to_longest_speedup": round(t_hf_longest / t_packed, 2),
+        "same_process": {
+            "ours_step_ms": ms(s_ours),
+            "transformers_step_ms": ms(s_hf),
+            "speedup": round(s_hf / s_ours, 2),
+        },  # fmt: skip
+        "rounds_ms": [{side: {k: ms(v) for k, v in times.items()} for side, times in x.items()} for x in rounds],
         "loss_tokens_per_row": [loss_tokens_per_row(b, args.logits_at) for b in (batch, packed)],
         "torch_threads": torch.get_num_threads(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # both sides: one process
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # both sides, every process
         "config": vars(args),
     }
     print(json.dumps(result, indent=2))

@@ -38,3 +38,5 @@ def test_paper_mode_on_a_shrunken_config():
     )
     assert out["mfu"] is None and out["device"] == "cpu"  # no peak known for a CPU
     assert math.isfinite(out["loss"]) and out["loss"] > 0
+    # the GPU figure's remat: the paper config's policy reaches the decoder the step runs
+    assert out["remat"] is True and out["remat_policy"] == "dots_with_no_batch_dims_saveable"
