@@ -333,6 +333,8 @@ def main(argv=None) -> int:
     ap.add_argument("--paper-batch", type=int, default=8, help="rows of 1024 tokens per step (--paper)")
     ap.add_argument("--paper-layers", type=int, default=0, help="decoder and vision layers (--paper; 0: all)")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        ap.error(f"--steps and --rounds must be >= 1, got {args.steps} and {args.rounds}")
     if args.paper:
         print(json.dumps({"bench": "vlm_train_paper", **paper(args.paper_batch, args.steps, args.paper_layers),
                           "config": vars(args)}, indent=2))  # fmt: skip

@@ -37,3 +37,10 @@ def test_rounds_in_separate_processes_make_the_figures(capsys):
 def test_a_failing_side_raises_with_its_error():
     with pytest.raises(RuntimeError, match=r"(?s)ours side failed \(exit 1\).*ExampleTooLong.*max_length 8"):
         vlm_train._run_side("ours", ["--batch-size", "4", "--max-length", "8", "--steps", "1"])
+
+
+@pytest.mark.parametrize("bad", [["--rounds", "0"], ["--steps", "0"]])
+def test_no_rounds_or_no_steps_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vlm_train.main(bad)
+    assert exit_info.value.code == 2 and "must be >= 1" in capsys.readouterr().err
