@@ -385,7 +385,7 @@ def main(argv=None) -> int:
             "ours_step_ms": ms(s_ours),
             "transformers_step_ms": ms(s_hf),
             "speedup": round(s_hf / s_ours, 2),
-        },  # fmt: skip
+        },
         "rounds_ms": [{side: {k: ms(v) for k, v in times.items()} for side, times in x.items()} for x in rounds],
         "loss_tokens_per_row": [loss_tokens_per_row(b, args.logits_at) for b in (batch, packed)],
         "torch_threads": torch.get_num_threads(),

@@ -136,6 +136,7 @@ def batch_stream(config: Any, tok: vlm.VlmTokenizer, process_index: int, process
     global_batch = int(config.train.batch_size)
     if global_batch % process_count:
         raise ValueError(f"train.batch_size {global_batch} does not split over {process_count} processes")
+    loss_tokens_per_row = int(config_value(config.train, "loss_tokens_per_row", 0))
 
     def make() -> Iterator[dict]:
         episodes = rlds.rlds_episodes(
@@ -151,7 +152,6 @@ def batch_stream(config: Any, tok: vlm.VlmTokenizer, process_index: int, process
             check_loss_tokens(batch, loss_tokens_per_row)
             yield batch
 
-    loss_tokens_per_row = int(config_value(config.train, "loss_tokens_per_row", 0))
     return make
 
 
