@@ -27,7 +27,7 @@ from c2a_jax.fileio import atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo.py")
-EVAL_MODES = ("oracle", "vlm_oracle", "vlm_dp", "dp")
+EVAL_MODES = ("oracle", "vlm_oracle", "oracle_dp", "vlm_dp", "dp")
 
 
 def overrides(section: Any, prefix: str = "") -> list[str]:
@@ -98,8 +98,8 @@ def stages(config: Any) -> list[Stage]:
                    f"--config.num_workers={workers}", f"--config.videos_per_task={int(config.videos_per_task)}"]  # fmt: skip
         if mode in ("vlm_oracle", "vlm_dp"):
             command.append(f"--config.vlm_checkpoint={work}/vlm")
-        if mode in ("vlm_dp", "dp"):
-            command.append(f"--config.dp_checkpoint={work}/{'dp' if mode == 'vlm_dp' else 'dp_flat'}")
+        if mode in ("vlm_dp", "oracle_dp", "dp"):
+            command.append(f"--config.dp_checkpoint={work}/{'dp_flat' if mode == 'dp' else 'dp'}")
             command.append(f"--config.max_steps={int(config.eval.max_steps)}")
             command.append(f"--config.dataset={levels}")
         if mode == "vlm_oracle":

@@ -22,8 +22,12 @@ each its ``tfds.split_for_jax_process`` share of the episodes; concatenate the s
 (``cat labels.shard-*.jsonl > labels.jsonl``). Relabel ``train`` (what the DP trains on; its
 ``eval/action_mse`` reads the validation split with the oracle's labels).
 
-Printed at the end (and written to ``<out>.summary.json``): episodes and steps labelled, and the
-share of steps where the VLM wrote exactly the oracle's line (``agreement``).
+Printed at the end (and written to ``<out>.summary.json``), over the episodes labelled by this run:
+episodes and steps, the share of steps where the VLM wrote exactly the oracle's line
+(``agreement``), and ``transitions`` (`c2a_jax.eval.transitions`): precision and recall of the plain
+lines that start a new call, within ``--within`` steps of the oracle's, apart from the commented
+steps, which dominate ``agreement`` (a VLM that never leaves its first call still agrees on most
+steps).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from c2a_jax.codeapi import MemoryBuffer  # noqa: E402
+from c2a_jax.eval.transitions import episode_counts, summarise  # noqa: E402
 from c2a_jax.fileio import atomic_write_text  # noqa: E402
 
 # (images (B, S, S, 3) uint8, prompts, memories, keystep_requests) -> B code lines (CodeWriter.generate_batch)
@@ -135,11 +140,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keystep-request", action="store_true", help="ask for key-step replies (default: as at test time)"
     )
     ap.add_argument("--max-episodes", type=int, default=0, help="stop after this many new episodes (0: all)")
+    ap.add_argument("--within", type=int, default=3, help="steps either side a transition may be off by")
     ap.add_argument("--shard-index", type=int, default=0)
     ap.add_argument("--num-shards", type=int, default=1)
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
+    if args.within < 0:
+        ap.error("--within must be >= 0")
     if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
         ap.error(f"need 0 <= --shard-index < --num-shards, got {args.shard_index} of {args.num_shards}")
     return args
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             new += 1
             yield episode
 
-    start, episodes, steps, agree = time.time(), 0, 0, 0
+    start, episodes, steps, agree, counts = time.time(), 0, 0, 0, []
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:
         for episode, codes in relabel_episodes(
@@ -191,13 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             f.flush()
             episodes += 1
             steps += len(codes)
-            agree += sum(a == b for a, b in zip(codes, episode.get(f"code_{level}", []), strict=False))
+            reference = [str(c) for c in episode.get(f"code_{level}", [])]
+            agree += sum(a == b for a, b in zip(codes, reference, strict=False))
+            if len(reference) == len(codes):
+                counts.append(episode_counts(reference, codes, args.within))
             if episodes % 50 == 0:
                 print(f"{episodes} episodes, {steps / max(time.time() - start, 1e-6):.1f} steps/s", file=sys.stderr)
     summary = {
         "out": args.out, "split": args.split, "episodes": episodes, "skipped_done": skipped, "steps": steps,
         "agreement": round(agree / steps, 4) if steps else None, "seconds": round(time.time() - start, 1),
         "shard": f"{args.shard_index}/{args.num_shards}",
+        "transitions": summarise(counts, args.within),
     }  # fmt: skip
     atomic_write_text(args.out + ".summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))

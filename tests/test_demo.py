@@ -28,7 +28,7 @@ def test_every_stage_command_names_existing_files_and_valid_config_keys(tmp_path
     plan = demo.stages(config)
     names = [s.name for s in plan]
     assert names == ["demos:PlaceNextTo", "demos:Topple", "rlds", "vlm", "dp", "dp_flat", "eval_oracle",
-                     "eval_vlm_oracle", "eval_vlm_dp", "eval_dp"]  # fmt: skip
+                     "eval_vlm_oracle", "eval_oracle_dp", "eval_vlm_dp", "eval_dp"]  # fmt: skip
     for stage in plan:
         script = stage.command[1]
         assert os.path.isfile(script), script
@@ -49,6 +49,8 @@ def test_every_stage_command_names_existing_files_and_valid_config_keys(tmp_path
         if stage.name == "eval_vlm_dp":
             assert target.dp_checkpoint.endswith("/dp") and target.vlm_checkpoint.endswith("/vlm")
             assert tuple(target.tasks) == tuple(config.tasks) and target.first_seed == config.eval_first_seed
+        if stage.name == "eval_oracle_dp":
+            assert target.mode == "oracle_dp" and target.dp_checkpoint.endswith("/dp") and not target.vlm_checkpoint
         if stage.name == "eval_dp":
             assert target.dp_checkpoint.endswith("/dp_flat") and not target.vlm_checkpoint
 

@@ -227,3 +227,53 @@ def test_a_stand_in_code_writer_per_episode_needs_no_vlm_checkpoint(tmp_path):
     config.image_size = 0
     with pytest.raises(ValueError, match="image size"):
         evaluate(config, code_writer_for=writer_for)
+
+
+@pytest.mark.parametrize(
+    "task,task_args,seed", [("PlaceNextTo", {"spawn_at_gripper": True}, 3), ("Touch", {"topple": True}, 2)]
+)
+def test_oracle_dp_gives_the_recorders_labels_when_the_policy_replays_the_oracle(task, task_args, seed):
+    """Oracle+DP: a policy that replays the oracle's recorded actions (one per chunk) succeeds as the
+    oracle did, and the shadow solver beside it writes exactly the recorder's fine labels, plain on
+    key-steps, commented after: the code a learned policy is shown is the code it was trained on."""
+    from c2a_jax.codeapi import comment
+    from c2a_jax.eval.policy_episodes import PolicyWorker, run_policy_episode
+    from c2a_jax.infer.controller import ORACLE_CODE, HierarchicalController
+    from c2a_jax.sim.rollout import record_oracle_episode
+
+    sim = PolicyWorker(task=task, task_args=task_args, image_size=32, max_steps=300)
+    try:
+        recorded = record_oracle_episode(sim.env, seed, max_steps=300, images=False)
+        assert recorded["meta"]["success"]
+        actions = recorded["arrays"]["actions"]
+        expected = [lab["fine"] if lab["fine_keystep"] else comment(lab["fine"]) for lab in recorded["meta"]["labels"]]
+        seen: list[dict] = []
+
+        def replay(obs, rng, **text):
+            seen.append(text)
+            return actions[obs["steps"] : obs["steps"] + 1]
+
+        controller = HierarchicalController(replay, ORACLE_CODE, n_action_steps=1)
+        assert controller.reads_oracle_code
+        record = run_policy_episode(
+            sim, controller, {"task": task, "registry": task, "task_args": task_args, "seed": seed}
+        )
+    finally:
+        sim.close()
+    assert record["success"] and record["steps"] == recorded["meta"]["num_steps"]
+    written = [line for line, n in record["code_runs"] for _ in range(n)]
+    # every step but the last: the recorder labels the step whose action succeeds done(), which
+    # the solver beside a policy cannot know before the action
+    assert len(written) == len(expected) - 1 and written[:-1] == expected[: len(written) - 1]
+    assert expected[len(written) - 1] == "done()" and written[-1] != "done()"
+    assert sum(1 for line in written if not line.startswith("#")) >= 2  # the hierarchy advanced
+    assert [c["code"] for c in seen] == written  # the policy is shown each step's line
+    assert controller.memory.entries == [line for line in written if not line.startswith("#")]
+
+
+def test_oracle_dp_needs_the_solvers_line_in_the_observation():
+    from c2a_jax.infer.controller import ORACLE_CODE, HierarchicalController
+
+    controller = HierarchicalController(lambda obs, rng, **text: np.zeros((4, 7)), ORACLE_CODE)
+    with pytest.raises(KeyError, match="oracle_code"):
+        controller.act({"image": np.zeros((8, 8, 3), np.uint8), "wrist_image": np.zeros((8, 8, 3), np.uint8)})

@@ -93,6 +93,7 @@ class VlmExampleConfig:
     shift_k: int = 0  # paper 5.2: shift subtask boundaries by up to k steps (0 = off)
     steps_per_episode: int | None = None  # None: every step once; else a random subset of this size
     rename_objects_fraction: float = 0.0  # share of code examples with object names swapped (`rename`)
+    late_keystep_fraction: float = 0.0  # share of mid-call code examples asked with the call not yet in memory
 
 
 def episode_examples(
@@ -108,6 +109,14 @@ def episode_examples(
     middle of a call, the request would have two answers for one memory (the running call, or the
     next one once the image shows it finished), and VLM+Oracle, which asks right after a call
     finished, would learn to repeat the call it just ran.
+
+    With ``late_keystep_fraction`` > 0 (not in the paper), that share of the code examples drawn at a
+    step after a call's key-step is asked with the memory from *before* the call (the call not yet
+    in it), and answers with the call's plain line: a late key-step. Queried every step, a VLM that
+    missed the exact step a call began (the images around a subtask boundary look alike, and the
+    boundary step is one in ten) otherwise meets a memory it never saw with that image, answers
+    with the commented previous call, and never advances; taught this, it writes the running
+    call as soon as the image shows it, whatever step it missed.
 
     With ``rename_objects_fraction`` > 0, that share of code examples has the episode's object
     names swapped in the prompt, memory and answer (`c2a_jax.data.rename`; not in the paper)."""
@@ -137,6 +146,9 @@ def episode_examples(
         prompt = prompts[int(rng.integers(len(prompts)))]
         kind = "keystep" if request else "code"
         memory = label.memory
+        if not request and not label.is_keystep and config.late_keystep_fraction:
+            if rng.random() < config.late_keystep_fraction:
+                memory, answer = labels[keysteps[label.segment]].memory, label.instruction
         if config.rename_objects_fraction and rng.random() < config.rename_objects_fraction:
             mapping = rename_map(episode.get("actor_names") or [], train_pool(), rng)
             prompt, answer = substitute(prompt, mapping), substitute(answer, mapping)

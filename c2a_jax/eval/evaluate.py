@@ -9,6 +9,9 @@ Modes (paper sections 4.2, 4.3, 5.1):
   (`c2a_jax.eval.vlm_oracle`);
 * ``vlm_dp``: the hierarchical policy, VLM above and code-conditioned DP below
   (`c2a_jax.infer.controller`, `c2a_jax.eval.policy_episodes`);
+* ``oracle_dp``: the code-conditioned DP of ``vlm_dp`` driving the robot, with the task's solver
+  beside it writing the code line (and so the cache info) of the state it reached
+  (`c2a_jax.sim.shadow_oracle`): the low level alone, as VLM+Oracle is the high level alone;
 * ``dp``: the flat baseline, a DP conditioned on the task prompt only;
 * ``dp_oracle``: a prompt-conditioned DP on the task's Markovian form, whose prompt carries the
   oracle's information (`c2a_jax.eval.tasks.MARKOVIAN`; Swap in the paper).
@@ -43,7 +46,7 @@ from c2a_jax.eval import report
 from c2a_jax.eval.runner import make_jobs, run_jobs
 from c2a_jax.eval.tasks import resolve
 
-MODES = ("oracle", "vlm_oracle", "vlm_dp", "dp", "dp_oracle")
+MODES = ("oracle", "vlm_oracle", "vlm_dp", "oracle_dp", "dp", "dp_oracle")
 
 
 def _code_writer(config: Any):
@@ -173,7 +176,7 @@ def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = Non
             return out
     else:
         from c2a_jax.eval.policy_episodes import policy_client, run_policy_episode
-        from c2a_jax.infer.controller import HierarchicalController
+        from c2a_jax.infer.controller import ORACLE_CODE, HierarchicalController
 
         sample = _locked(runner.sample)
         generate = _locked(writer.generate_code, vlm_lock) if writer is not None else None
@@ -182,8 +185,9 @@ def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = Non
         def make_sim(slot: int):
             pool = policy_client(task=first["registry"], task_args=first["task_args"], image_size=image_size,
                                  split=split, log_path=os.path.join(workdir, f"worker{slot}.log"))  # fmt: skip
+            code_writer = {"vlm_dp": generate, "oracle_dp": ORACLE_CODE}.get(mode)
             controller = HierarchicalController(
-                sample, generate if mode == "vlm_dp" else None, n_action_steps=n_action,
+                sample, code_writer, n_action_steps=n_action,
                 regenerate_on_keystep=bool(config_value(config, "regenerate_chunk_on_keystep", True)), seed=slot,
             )  # fmt: skip
             pool.controller = controller

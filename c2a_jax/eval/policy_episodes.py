@@ -2,14 +2,15 @@
 
 Worker side, `PolicyWorker` (a `VlmOracleWorker` with one more call):
 
-    reset(seed, task, task_args, prompt_index) -> {"episode", "prompt", ..., "observation"}
+    reset(seed, task, task_args, prompt_index, oracle_code=False) -> {"episode", "prompt", ..., "observation"}
     step(episode, action, images=True) -> observation (images: True, or the observation keys to
         render, the rest blank: the controller says which it reads, `images_needed`)
 
     observation = {"image": base camera (S, S, 3) uint8, "wrist_image": hand camera, "state": (9,)
                    float32 as the RLDS dataset stores it (TCP position, quaternion qw qx qy qz,
                    vacuum_on, vacuum_grasping), "success": reached at any step so far, "steps",
-                   "budget_left"}
+                   "budget_left", and with ``oracle_code`` (Oracle+DP) "oracle_code": the fine-level
+                   line the task's solver would run from this state (`c2a_jax.sim.shadow_oracle`)}
 
 Parent side, `run_policy_episode(sim, controller, job)`: the `HierarchicalController` chooses each
 action (its code writer and diffusion policy live in the parent); the record holds the code line
@@ -36,6 +37,8 @@ CAMERAS = {"image": "base_camera", "wrist_image": "hand_camera"}  # observation 
 class PolicyWorker(VlmOracleWorker):
     """See the module docstring."""
 
+    shadow = None  # a ShadowOracle while an Oracle+DP episode runs
+
     def _policy_observation(self, images=True) -> dict[str, Any]:
         wanted = CAMERAS.values() if images is True else [CAMERAS[k] for k in images or ()]
         obs = self.env.observe(images=list(wanted) if self.images else False)
@@ -46,7 +49,7 @@ class PolicyWorker(VlmOracleWorker):
         self.executor.success_seen = success
         images = obs.get("images", {})
         blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-        return {
+        out = {
             "image": images.get("base_camera", blank),
             "wrist_image": images.get("hand_camera", blank),
             "state": state,
@@ -54,10 +57,20 @@ class PolicyWorker(VlmOracleWorker):
             "steps": self.steps,
             "budget_left": max(0, self.max_steps - self.steps),
         }
+        if self.shadow is not None:
+            out["oracle_code"] = self.shadow.code(success)
+        return out
 
     def reset(self, seed: int, task: str | None = None, task_args: dict | None = None,
-              prompt_index: int | None = None) -> dict[str, Any]:  # fmt: skip
+              prompt_index: int | None = None, oracle_code: bool = False) -> dict[str, Any]:  # fmt: skip
+        """A new episode; with `oracle_code`, every observation carries the solver's code line."""
+        from c2a_jax.sim.shadow_oracle import ShadowOracle
+
+        if self.shadow is not None:
+            self.shadow.close()
+        self.shadow = None
         out = super().reset(seed, task, task_args, prompt_index)
+        self.shadow = ShadowOracle(self.env) if oracle_code else None
         out["observation"] = self._policy_observation()
         return out
 
@@ -104,7 +117,8 @@ def run_policy_episode(
     try:
         t = time.perf_counter()
         reset = _call(sim, "reset", seed=int(job["seed"]), task=job.get("registry", job["task"]),
-                      task_args=dict(job.get("task_args") or {}), prompt_index=job.get("prompt_index"))  # fmt: skip
+                      task_args=dict(job.get("task_args") or {}), prompt_index=job.get("prompt_index"),
+                      oracle_code=bool(getattr(controller, "reads_oracle_code", False)))  # fmt: skip
         record["reset_s"] = time.perf_counter() - t
         record["sim_s"] += record["reset_s"]
     except WorkerError as e:

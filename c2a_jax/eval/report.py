@@ -33,6 +33,7 @@ MODE_TITLES = {
     "oracle": "Oracle (scripted solver)",
     "dp": "Task Prompt Only (DP)",
     "vlm_dp": "VLM+DP",
+    "oracle_dp": "Oracle+DP",
     "vlm_oracle": "VLM+Oracle",
     "dp_oracle": "DP+Oracle",
 }

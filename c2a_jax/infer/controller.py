@@ -12,9 +12,10 @@ as written, plain or commented, as it did in training (`c2a_jax.data.dp`).
 
 The controller only sees callables, so it serves every evaluation mode and any model size:
 
-* ``code_writer(image, prompt, memory, keystep_request) -> str`` (`CodeWriter.generate_code`, a
-  replaying stand-in, or the oracle's own labels for DP+Oracle); None for the flat DP baseline,
-  whose policy reads the task prompt instead of code;
+* ``code_writer(image, prompt, memory, keystep_request) -> str`` (`CodeWriter.generate_code` or a
+  replaying stand-in); `ORACLE_CODE` for Oracle+DP, whose line is the observation's
+  ``oracle_code`` (the task's solver beside the policy, `c2a_jax.sim.shadow_oracle`); None for the
+  flat DP baseline, whose policy reads the task prompt instead of code;
 * ``policy(obs, code=..., cache_info=..., prompt=..., rng=...) -> (horizon, 7)`` in robot units
   (`c2a_jax.infer.dp_runner.DiffusionPolicyRunner.sample`).
 
@@ -33,7 +34,8 @@ import numpy as np
 from c2a_jax.codeapi.memory import MemoryBuffer
 
 POLICY_IMAGES = ("image", "wrist_image")  # the observation's images a policy may read
-CodeWriterFn = Callable[[np.ndarray, str, Sequence[str], bool], str]
+ORACLE_CODE = "oracle_code"  # code_writer for Oracle+DP: the observation's key of the solver's line
+CodeWriterFn = Callable[[np.ndarray, str, Sequence[str], bool], str] | str
 PolicyFn = Callable[..., np.ndarray]
 
 
@@ -76,6 +78,11 @@ class HierarchicalController:
         self.seed = int(seed)
         self.reset("")
 
+    @property
+    def reads_oracle_code(self) -> bool:
+        """Oracle+DP: the simulator must put the solver's line in every observation."""
+        return isinstance(self.code_writer, str) and self.code_writer == ORACLE_CODE
+
     def reset(self, prompt: str, episode_seed: int | None = None) -> None:
         """A new episode with task `prompt`: empty memory, no chunk; sampling keys from
         (controller seed, `episode_seed`) so that an episode replays identically."""
@@ -111,12 +118,19 @@ class HierarchicalController:
         draw = self._chunk is None or self._used >= min(self.n_action_steps, len(self._chunk))
         if draw or (self.code_writer is not None and self.regenerate_on_keystep):
             return POLICY_IMAGES
-        return (self.camera,) if self.code_writer is not None else ()
+        return (self.camera,) if self.code_writer is not None and not self.reads_oracle_code else ()
 
     def act(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, StepInfo]:
         """The action for this step (robot units) and what the step did."""
         code, keystep, vlm_s = None, False, 0.0
-        if self.code_writer is not None:
+        if self.reads_oracle_code:
+            if ORACLE_CODE not in obs:
+                raise KeyError(
+                    f"Oracle+DP needs {ORACLE_CODE!r} in every observation (PolicyWorker.reset(oracle_code=True))"
+                )
+            code = str(obs[ORACLE_CODE])
+            keystep = self.memory.update(code)
+        elif self.code_writer is not None:
             start = time.perf_counter()
             code = str(self.code_writer(np.asarray(obs[self.camera]), self.prompt, list(self.memory.entries),
                                         self.keystep_request))  # fmt: skip

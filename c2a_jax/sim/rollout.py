@@ -27,7 +27,8 @@ from c2a_jax.sim.grid_refs import with_grid_positions
 OBS_KEYS = ("qpos", "qvel", "ee_pose", "ee_velocity", "vacuum_on", "vacuum_grasping", "vacuum_ready")
 
 
-def _json_trace(trace: list[dict]) -> list[dict]:
+def json_trace(trace: list[dict]) -> list[dict]:
+    """A solver chain's action states as JSON values (numpy arrays and scalars made plain)."""
     out = []
     for state in trace:
         clean = {}
@@ -126,7 +127,7 @@ def record_oracle_episode(env, seed: int, max_steps: int = 1000, images: bool = 
     success = False
     for _ in range(max_steps):
         action = np.asarray(solver.step(), dtype=np.float32)
-        trace = with_grid_positions(_json_trace(solver.trace()), env)
+        trace = with_grid_positions(json_trace(solver.trace()), env)
         _, reward, terminated, truncated, info = env.step(action)
         success = bool(info["success"][0])
         labels.append(labeler.label(trace, success_before=success))

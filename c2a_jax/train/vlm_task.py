@@ -127,6 +127,7 @@ def example_config(data: Any) -> vlm.VlmExampleConfig:
         grid_question_fraction=float(data.grid_question_fraction),
         shift_k=int(config_value(data, "shift_k", 0)),
         rename_objects_fraction=float(config_value(data, "rename_objects_fraction", 0.0)),
+        late_keystep_fraction=float(config_value(data, "late_keystep_fraction", 0.0)),
     )
 
 

@@ -4,7 +4,8 @@ Command:
     python evaluate.py --config=configs/eval/default.py:vlm_oracle --config.workdir=runs/eval
 
 `get_config(arg)`: the mode, one of oracle (the scripted solver alone, the upper bound), vlm_oracle,
-vlm_dp, dp, dp_oracle.
+vlm_dp, oracle_dp (the code-conditioned DP with the solver writing its code: the low level alone),
+dp, dp_oracle.
 
 Expected result: <workdir>/episodes.jsonl (one record per episode; a rerun resumes), and
 <workdir>/report/ with report.md (the paper's Table 1 / Table 2 layouts, ours with Wilson 95%
@@ -13,7 +14,7 @@ intervals beside the paper's numbers), table CSVs, summary.json, success.png and
 
 import ml_collections
 
-MODES = ("oracle", "vlm_oracle", "vlm_dp", "dp", "dp_oracle")
+MODES = ("oracle", "vlm_oracle", "vlm_dp", "oracle_dp", "dp", "dp_oracle")
 
 
 def get_config(arg=None):

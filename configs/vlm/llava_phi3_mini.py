@@ -47,6 +47,9 @@ def get_config(arg=None):
     c.data.keystep_request_fraction = 0.5
     c.data.grid_question_fraction = 0.25
     c.data.shift_k = 0
+    # share of mid-call code examples asked with the call not yet in memory, answered with its plain
+    # line (c2a_jax.data.vlm; not in the paper): queried every step, the VLM writes a call it missed
+    c.data.late_keystep_fraction = 0.0
     c.data.tokenizer = placeholder(str)  # the Phi-3 LLaVA tokenizer directory (with its <image> token)
     c.data.template = "phi3"  # Phi-3's chat template, as the pretrained LLaVA saw it
     c.data.max_length = 1024  # 576 image tokens + prompt, memory and code

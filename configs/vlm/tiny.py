@@ -37,6 +37,9 @@ def get_config(arg=None):
     # share of code examples with the scene's object names swapped in prompt, memory and answer
     # (c2a_jax/data/rename.py; not in the paper: it teaches a small model to copy names)
     c.data.rename_objects_fraction = 0.0
+    # share of mid-call code examples asked with the call not yet in memory, answered with its plain
+    # line (c2a_jax.data.vlm; not in the paper): queried every step, the VLM writes a call it missed
+    c.data.late_keystep_fraction = 0.0
     c.data.tokenizer = "c2a-tiny"  # or a local Hugging Face tokenizer directory (Phi-3's)
     c.data.template = "plain"  # chat template: 'plain' or 'phi3' (c2a_jax.data.vlm.TEMPLATES)
     c.data.max_length = 256  # tokens per row, image tokens included
