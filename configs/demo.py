@@ -68,6 +68,9 @@ def get_config(arg=None):
     c.dp.train.checkpoint_every = 100
     c.dp.diffusion = ml_collections.ConfigDict()
     c.dp.diffusion.prediction_type = "sample"  # learns in hundreds of steps where epsilon needs thousands
+    # with the unweighted loss: the ELBO weighting in sample space starves the noisy steps DDIM starts
+    # from (c2a_jax.models.diffusion); it cost the demo's policies their own training episodes
+    c.dp.diffusion.loss_weighting = "mse"
     c.dp.text = ml_collections.ConfigDict()
     c.dp.text.max_length = 96  # PlaceNextTo's first call is about 90 tokens
     c.dp.eval = ml_collections.ConfigDict()

@@ -22,10 +22,17 @@ Gao write every diffusion objective as ``1/2 E_t[w(lambda_t) (-d lambda/dt) ||ep
 ``w = 1`` is the ELBO. The paper's Appendix gives no formula beyond "epsilon-prediction with an ELBO
 weighting", so we take ``w = 1`` on our discrete grid: the epsilon-loss weight of step ``t`` is the
 log-SNR decrement ``lambda_{t-1} - lambda_t`` (``t >= 1``; step 0 reuses ``lambda_0 - lambda_1``), i.e.
-``-d lambda/dt`` by a backward difference. For ``prediction_type="sample"`` the same ELBO weight is
-multiplied by ``SNR_t`` (``||eps_hat - eps||^2 = SNR_t ||x_hat - x||^2``). Weights are then divided by
-their mean over the T steps, so a uniformly drawn t has expected weight 1 and the loss stays on the
-scale of plain MSE (``"mse"``: all weights 1, which is exactly the unweighted loss). We use the
+``-d lambda/dt`` by a backward difference. Weights are then divided by their mean over the T steps,
+so a uniformly drawn t has expected weight 1 and the loss stays on the scale of plain MSE (``"mse"``:
+all weights 1, which is exactly the unweighted loss).
+
+``prediction_type="sample"`` trains with ``"mse"`` only. Its ELBO weight would be the epsilon one
+times ``SNR_t`` (``||eps_hat - eps||^2 = SNR_t ||x_hat - x||^2``): on the cosine schedule with T = 100
+that puts 96% of the loss on the five least noisy steps and 0.04% on the noisier half, so the
+network never learns to predict a chunk from heavy noise -- the start of every DDIM sample. A tiny
+policy trained so replayed 2 of its 7 training episodes in closed loop, and 7 of 7 with ``"mse"``
+(docs/dp_investigation.md); training refuses the combination (`loss_weights`), and a
+checkpoint trained with it still loads and samples. We use the
 log-SNR decrement rather than the exact discrete-time ELBO factor ``SNR_{t-1}/SNR_t - 1`` (Ho et al.'s
 ``L_{t-1}``; the two agree to first order in the step size) because the latter is infinite at
 ``t = 0`` and, with the cosine schedule's beta cap of 0.999, ~1000 at the last step, where the
@@ -171,12 +178,16 @@ def loss_weights(config: DiffusionConfig) -> np.ndarray:
     n = config.num_train_timesteps
     if config.loss_weighting == "mse":
         return np.ones(n, np.float32)
+    if config.prediction_type == "sample":
+        raise ValueError(
+            "prediction_type 'sample' trains with loss_weighting 'mse': the ELBO weighting in sample space "
+            "(x SNR_t) puts nearly all the loss on the least noisy steps, and DDIM starts from pure noise "
+            "(see c2a_jax.models.diffusion; a checkpoint trained so still samples)"
+        )
     lam = log_snr(config)
     decrement = np.empty(n)
     decrement[1:] = lam[:-1] - lam[1:]
     decrement[0] = decrement[1]
-    if config.prediction_type == "sample":
-        decrement = decrement * np.exp(lam)
     return (decrement / decrement.mean()).astype(np.float32)
 
 

@@ -566,6 +566,7 @@ def train_dp(config: Any, source: EpisodeSource | None = None) -> dict[str, Any]
     dataset of ``data.dataset_dir``); returns the loop's result, plus the text cache's counters
     (``text_cache/*``)."""
     from c2a_jax.config import write_resolved_config
+    from c2a_jax.models.diffusion import loss_weights
     from c2a_jax.models.policy import dp_loss
     from c2a_jax.parallel import initialize
     from c2a_jax.train.loop import train
@@ -575,6 +576,7 @@ def train_dp(config: Any, source: EpisodeSource | None = None) -> dict[str, Any]
         write_resolved_config(config, str(config.workdir))
     policy = policy_config(config)
     lowdim_actors(config, policy)  # checks model.lowdim_dim
+    loss_weights(policy.diffusion)  # refuses a loss that cannot train (before minutes of set-up)
     source = source if source is not None else rlds_source(config)
     normalizers = normalizers_from_statistics(config, source.statistics)
     cache, tokenizer = embedding_cache(config)
