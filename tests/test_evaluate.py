@@ -277,3 +277,16 @@ def test_oracle_dp_needs_the_solvers_line_in_the_observation():
     controller = HierarchicalController(lambda obs, rng, **text: np.zeros((4, 7)), ORACLE_CODE)
     with pytest.raises(KeyError, match="oracle_code"):
         controller.act({"image": np.zeros((8, 8, 3), np.uint8), "wrist_image": np.zeros((8, 8, 3), np.uint8)})
+
+
+def test_explicit_seeds_replace_the_range_and_repeats_are_refused():
+    from c2a_jax.eval.evaluate import episode_seeds
+
+    config = load_config_file(os.path.join(ROOT, "configs", "eval", "default.py") + ":oracle_dp")
+    config.first_seed, config.num_seeds = 100, 3
+    assert episode_seeds(config) == [100, 101, 102]
+    config.seeds = (7, 3, 5)
+    assert episode_seeds(config) == [7, 3, 5]
+    config.seeds = (7, 7)
+    with pytest.raises(ValueError, match="repeats"):
+        episode_seeds(config)

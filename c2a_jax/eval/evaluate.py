@@ -17,8 +17,8 @@ Modes (paper sections 4.2, 4.3, 5.1):
   oracle's information (`c2a_jax.eval.tasks.MARKOVIAN`; Swap in the paper).
 
 Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or registry names),
-num_seeds, first_seed, object_split, num_workers, vlm_checkpoint, dp_checkpoint, dataset (a label
-for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
+num_seeds, first_seed, seeds (explicit seeds instead of that range), object_split, num_workers,
+vlm_checkpoint, dp_checkpoint, dataset (a label for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
 videos_per_task, max_steps, max_queries, refusal_temperature (VLM+Oracle: 0 is the paper's
 greedy decoding; above 0, a query after a refused line is sampled, `c2a_jax.eval.vlm_oracle`),
 n_action_steps (0: the DP's own), image_size (only where no checkpoint fixes it). The simulator
@@ -67,6 +67,18 @@ def _code_writer(config: Any):
     return writer, vlm_config
 
 
+def episode_seeds(config: Any) -> list[int]:
+    """The seeds every task is evaluated on: ``seeds`` when given (e.g. a DP's own training seeds,
+    to check that it replays them), else ``first_seed`` .. ``first_seed + num_seeds - 1``."""
+    explicit = [int(s) for s in (config_value(config, "seeds", ()) or ())]
+    if explicit:
+        if len(set(explicit)) != len(explicit):
+            raise ValueError(f"config.seeds repeats a seed: {explicit}")
+        return explicit
+    first = int(config_value(config, "first_seed", 0))
+    return list(range(first, first + int(config.num_seeds)))
+
+
 def oracle_record(meta: dict[str, Any], level: str) -> dict[str, Any]:
     """An evaluation record from an oracle episode's metadata (`record_oracle_episode`): success,
     steps, and the API calls it made (its fine-level key-steps, Table 2's "average actions")."""
@@ -99,9 +111,7 @@ def evaluate(config: Any, *, code_writer_for: Callable[[dict], Any] | None = Non
     workdir = os.path.abspath(str(config.workdir))
     os.makedirs(os.path.join(workdir, "report", "videos"), exist_ok=True)
     tasks = [resolve(str(name), markovian=mode == "dp_oracle") for name in config.tasks]
-    seeds = range(
-        int(config_value(config, "first_seed", 0)), int(config_value(config, "first_seed", 0)) + int(config.num_seeds)
-    )
+    seeds = episode_seeds(config)
     split = str(config_value(config, "object_split", "train"))
     jobs = make_jobs(tasks, seeds, mode=mode, dataset=str(config_value(config, "dataset", "")), object_split=split)
     by_task = {t["task"]: t for t in tasks}

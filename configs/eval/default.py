@@ -28,6 +28,7 @@ def get_config(arg=None):
     c.tasks = ("PlaceNextTo", "PlaceOnTop", "Topple", "Push", "SingleStack", "StackTopple", "PushToTarget")
     c.num_seeds = 64
     c.first_seed = 0
+    c.seeds = ()  # explicit seeds instead of first_seed .. first_seed + num_seeds - 1 (e.g. a DP's training seeds)
     c.object_split = "train"  # or 'test' (held-out colour-shape pairs)
     c.num_workers = 2
     c.vlm_checkpoint = ""
