@@ -18,9 +18,10 @@ Modes (paper sections 4.2, 4.3, 5.1):
 
 Config keys (configs/eval/default.py): workdir, mode, tasks (paper names or registry names),
 num_seeds, first_seed, seeds (explicit seeds instead of that range), object_split, num_workers,
-vlm_checkpoint, dp_checkpoint, dataset (a label for the report: the DP's training set), early_stop_chars, regenerate_chunk_on_keystep,
-videos_per_task, max_steps, max_queries, refusal_temperature (VLM+Oracle: 0 is the paper's
-greedy decoding; above 0, a query after a refused line is sampled, `c2a_jax.eval.vlm_oracle`),
+vlm_checkpoint, dp_checkpoint, dataset (a label for the report: the DP's training set),
+early_stop_chars, regenerate_chunk_on_keystep, videos_per_task, max_steps, max_queries,
+refusal_temperature (VLM+Oracle: 0 is the paper's greedy decoding; above 0, a query after a refused
+line is sampled, `c2a_jax.eval.vlm_oracle`),
 n_action_steps (0: the DP's own), image_size (only where no checkpoint fixes it). The simulator
 renders at the larger of the two models' image sizes and each model resizes to its own
 (`c2a_jax.infer.resize`).
