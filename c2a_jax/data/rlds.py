@@ -101,6 +101,17 @@ def to_episode(steps: dict[str, Any], metadata: dict[str, Any]) -> Episode:
     return episode
 
 
+def deterministic_read_config(seed: int, num_parallel_reads: int):
+    """TFDS read options whose file order depends on `seed` alone: the file shuffle is seeded and
+    the files are interleaved in a fixed order (parallel reads, order kept). ``deterministic`` is
+    set explicitly because TFDS would turn it off for a shuffled read without a seed, and because
+    the option is the default of every stage after it: a parallel stage added later keeps order."""
+    tf, tfds = _tensorflow()
+    options = tf.data.Options()
+    options.deterministic = True
+    return tfds.ReadConfig(shuffle_seed=int(seed), interleave_cycle_length=num_parallel_reads, options=options)
+
+
 def rlds_episodes(
     data_dir: str | os.PathLike,
     split: str = "train",
@@ -116,7 +127,12 @@ def rlds_episodes(
     """Episodes of `split` as `Episode` dicts, images resized to `image_size` (bilinear, in
     tf.data) when given. This process reads only its `tfds.split_for_jax_process` share (by
     default from ``jax.process_index()`` / ``jax.process_count()``; pass them for tests).
-    With `repeat`, loops forever, reshuffling the file order every epoch."""
+    With `repeat`, loops forever, reshuffling the file order every epoch.
+
+    The order is a function of (dataset, split, `seed`, `shuffle`, process share) alone, in any
+    process and at any thread timing: every shuffle is seeded and every parallel stage keeps its
+    input order (`deterministic_read_config`, ``map(deterministic=True)``). Resuming a run relies
+    on it (`c2a_jax.train.resumable.CountingIterator` replays the stream)."""
     tf, tfds = _tensorflow()
     builder = open_dataset(data_dir)
     if split not in builder.info.splits:
@@ -129,8 +145,8 @@ def rlds_episodes(
     if n < process_count:
         raise ValueError(f"split {split!r} of {builder.data_dir} has {n} episodes for {process_count} processes")
     host_split = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=num_parallel_reads)
-    ds = builder.as_dataset(split=host_split, shuffle_files=shuffle, read_config=read_config)
+    ds = builder.as_dataset(split=host_split, shuffle_files=shuffle,
+                            read_config=deterministic_read_config(seed, num_parallel_reads))  # fmt: skip
     if shuffle:
         ds = ds.shuffle(64, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -146,7 +162,9 @@ def rlds_episodes(
             steps = {**steps, "observation": obs}
         return steps, episode["episode_metadata"]
 
-    ds = ds.map(batch_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    # In parallel, in input order: with deterministic=False a shuffled read came out in
+    # thread-finishing order, a different stream in every process.
+    ds = ds.map(batch_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(2)
     for steps, metadata in tfds.as_numpy(ds):
         yield to_episode(steps, metadata)

@@ -3,6 +3,7 @@ batches and DP frames, with per-process sharding and the dataset's own statistic
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -58,6 +59,22 @@ def test_each_process_reads_its_own_shard(dataset):
     assert keys[0] and keys[1] and not keys[0] & keys[1] and keys[0] | keys[1] == everything
     with pytest.raises(ValueError, match="processes"):
         next(rlds.rlds_episodes(dataset, "train", process_index=0, process_count=100))
+
+
+def test_shuffled_reads_repeat_the_same_order_for_a_seed(dataset):
+    """The order of a shuffled, repeating read is a function of the seed: resuming a run replays it
+    (`c2a_jax.train.resumable`). A parallel map that let episodes out as its threads finished gave
+    a new order on every read."""
+
+    def keys(seed: int) -> list[str]:
+        episodes = rlds.rlds_episodes(dataset, "train", image_size=24, repeat=True, seed=seed, process_index=0,
+                                      process_count=1)  # fmt: skip
+        return [episode["key"] for episode in itertools.islice(episodes, 24)]
+
+    first = keys(0)
+    assert len(set(first)) > 1
+    assert all(keys(0) == first for _ in range(4))
+    assert keys(1) != first
 
 
 def test_vlm_batches_from_rlds(dataset):
