@@ -10,8 +10,8 @@ finding it beats tuning. Oracle+DP (`evaluate.py --config=configs/eval/default.p
 isolates the low level: the task's solver writes the code line of the state the DP reached, so the
 VLM plays no part. The goal is 7 of 8.
 
-Stages, each the project's own entry point in a child process, each skipped when its output is
-there (a rerun resumes; ``--fresh`` starts over): ``generate_demos.py`` (successful demonstrations
+Stages, each the project's own entry point in a child process, each resuming what an earlier run
+left in ``--workdir`` (``--fresh`` starts over): ``generate_demos.py`` (successful demonstrations
 from seed 0 on, 64 px), ``build_rlds.py`` (its hashed train/val split puts some episodes in ``val``:
 demonstrations are added until ``train`` holds ``--demos``), ``train_dp.py`` (configs/dp/tiny.py,
 hierarchical, the demo's ``dp`` settings: sample prediction with the unweighted loss, batch 32,
@@ -76,9 +76,10 @@ def split_seeds(rlds_dir: str) -> dict[str, list[int]]:
 
 
 def successes(episodes_file: str) -> dict[int, bool]:
-    with open(episodes_file, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return {int(r["seed"]): bool(r.get("success")) for r in records}
+    """Success per seed of an `evaluate.py` episode file."""
+    from c2a_jax.eval.report import read_records
+
+    return {int(r["seed"]): bool(r.get("success")) for r in read_records(episodes_file)}
 
 
 def main(argv: list[str] | None = None) -> int:

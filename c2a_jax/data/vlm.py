@@ -115,8 +115,9 @@ def episode_examples(
     in it), and answers with the call's plain line: a late key-step. Queried every step, a VLM that
     missed the exact step a call began (the images around a subtask boundary look alike, and the
     boundary step is one in ten) otherwise meets a memory it never saw with that image, answers
-    with the commented previous call, and never advances; taught this, it writes the running
-    call as soon as the image shows it, whatever step it missed.
+    with the commented previous call, and never advances. This removes that dead end; whether the
+    VLM then writes the call at the right step depends on what it can see (at the demo's scale it
+    cannot: docs/dp_investigation.md), so the configs leave it at 0.
 
     With ``rename_objects_fraction`` > 0, that share of code examples has the episode's object
     names swapped in the prompt, memory and answer (`c2a_jax.data.rename`; not in the paper)."""
